@@ -1,0 +1,105 @@
+"""Shared I/O for the data preparation commands: examples, validation, writing splits."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+class CorpusError(ValueError):
+    """Malformed corpus input. The message names the file, the line (where there is one) and
+    what was expected."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
+        where = f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
+        super().__init__(f"{where}: {message}")
+        self.path = os.fspath(path)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Example:
+    """One dialogue example: the model input (context), the response, optional knowledge text."""
+
+    src: str
+    tgt: str
+    knowledge: str | None = None
+
+
+@dataclass
+class SkipCounter:
+    """Counts examples that were skipped on purpose, by reason, so nothing is dropped silently."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: str) -> None:
+        """Record one skip; the first of each reason is logged with its location."""
+        if reason not in self.counts:
+            logger.warning("skipping %s (first at %s; all are counted in stats.json)", reason, where)
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+
+def one_line(text: str) -> str:
+    """Collapse all whitespace (newlines, tabs, runs of spaces) to single spaces."""
+    return " ".join(text.split())
+
+
+def dedup_examples(examples: Iterable[Example]) -> list[Example]:
+    """Keep the first occurrence of each (src, tgt) pair, in order."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for ex in examples:
+        key = (ex.src, ex.tgt)
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    return kept
+
+
+def write_split(out_dir: str | os.PathLike, split: str, examples: Sequence[Example]) -> dict[str, int]:
+    """Write ``{split}.src``, ``{split}.tgt`` (and ``{split}.knowledge`` if any example has
+    knowledge) under ``out_dir``. Every field must be a non-empty single line.
+
+    Returns counts: ``{"examples": n}``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    has_knowledge = any(ex.knowledge is not None for ex in examples)
+    names = ["src", "tgt"] + (["knowledge"] if has_knowledge else [])
+    handles = {n: open(os.path.join(out_dir, f"{split}.{n}"), "w", encoding="utf-8") for n in names}
+    try:
+        for i, ex in enumerate(examples, 1):
+            for name in names:
+                value = getattr(ex, name)
+                if value is None:
+                    value = ""
+                if "\n" in value or "\r" in value:
+                    raise ValueError(f"{split} example {i}: {name} spans several lines")
+                if name != "knowledge" and not value.strip():
+                    raise ValueError(f"{split} example {i}: empty {name}")
+                handles[name].write(value + "\n")
+    finally:
+        for h in handles.values():
+            h.close()
+    return {"examples": len(examples)}
+
+
+def write_stats(out_dir: str | os.PathLike, stats: dict) -> None:
+    """Write ``stats.json`` and log it."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=2, sort_keys=True)
+    logger.info("stats: %s", json.dumps(stats, sort_keys=True))
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure root logging for a command-line entry point."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+    )

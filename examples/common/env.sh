@@ -1,0 +1,29 @@
+# Sourced by every recipe: repository root, fairseq plugin dir, shared model/optimiser settings.
+# Each recipe sets its own paths as variables at its top; this file holds what they share.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+USER_DIR="$ROOT/fairseq_plugins"
+SHARED_DATA="${SHARED_DATA:-$ROOT/../shared/data}"
+export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+
+# transformer_args CONFIG -> the architecture flags of one model size.
+#   paper: the knowledge-internalization paper's Transformer (appendix B): 6+6 layers,
+#          512 model / 1024 FFN, 4 heads, shared embeddings.
+#   small: the CPU configuration used for our measured baselines: 3+3 layers, 256 / 1024, 4 heads.
+#   tiny:  a seconds-long smoke-test model (quick start, tests).
+transformer_args() {
+  local common="--arch transformer --share-all-embeddings --activation-fn relu"
+  case "$1" in
+    paper) echo "$common --encoder-layers 6 --decoder-layers 6 --encoder-embed-dim 512 --decoder-embed-dim 512 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024 --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.3" ;;
+    small) echo "$common --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024 --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.1" ;;
+    tiny)  echo "$common --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 64 --decoder-embed-dim 64 --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128 --encoder-attention-heads 2 --decoder-attention-heads 2 --dropout 0.1" ;;
+    *) echo "unknown CONFIG '$1' (expected paper, small or tiny)" >&2; return 1 ;;
+  esac
+}
+
+# optimiser_args: Adam (0.9, 0.98) with linear warm-up from 1e-7 then inverse-sqrt decay, as in
+# the knowledge-internalization paper (appendix B), batches of at most MAX_TOKENS tokens.
+optimiser_args() {
+  echo "--optimizer adam --adam-betas (0.9,0.98) --clip-norm 0.1 --lr ${LR:-0.001} --lr-scheduler inverse_sqrt \
+--warmup-updates ${WARMUP:-400} --warmup-init-lr 1e-07 --weight-decay 0.0001 --max-tokens ${MAX_TOKENS:-4096}"
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh machine (Python 3.11; CPU, or CUDA where the user has it).
+# Usage: bash install.sh            (PYTHON=/path/to/python bash install.sh for another interpreter)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+PIP=("$PY" -m pip install --disable-pip-version-check)
+
+# 1. torch first and pinned: an unpinned torch anywhere later would pull a multi-GB CUDA build.
+"${PIP[@]}" "torch==2.13.0"
+# 2. everything else (torch is already satisfied, so nothing here replaces it).
+"${PIP[@]}" -r requirements.txt
+# 3. faiss: GPU build where CUDA is present, CPU build otherwise (same `faiss` module).
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  "${PIP[@]}" faiss-gpu-cu12 || "${PIP[@]}" "faiss-cpu==1.15.1"
+else
+  "${PIP[@]}" "faiss-cpu==1.15.1"
+fi
+# 4. fairseq: the 0.12.2 release does not import on Python 3.11; ve-fairseq is a cp311 build of
+#    fairseq main. --no-deps keeps out the CUDA-linked torchaudio it declares (which breaks
+#    `import transformers`); its real needs are in requirements.txt.
+"${PIP[@]}" --no-deps "ve-fairseq==0.12.3"
+"$PY" -m pip uninstall -y -q torchaudio 2>/dev/null || true
+# 5. this project, editable (fairseq refuses a second module of the same name under --user-dir).
+"${PIP[@]}" --no-deps --no-build-isolation -e .
+"$PY" -c "import fairseq, torch, faiss, spacy, transformers; print('install ok: fairseq', fairseq.__version__, 'torch', torch.__version__)"

@@ -1,0 +1,26 @@
+"""Install: see install.sh (torch pinned first, fairseq fork with --no-deps, then this package)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq-informative-dialogue",
+    version="0.1.0",
+    description=(
+        "fairseq plugin for informative and diverse dialogue generation: knowledge "
+        "internalization, negative distillation and knowledge-infused decoding"
+    ),
+    python_requires=">=3.11",
+    packages=find_packages(include=["fairseq_plugins*", "data_prep*", "dialogue_metrics*"]),
+    # fairseq (ve-fairseq) and torch are installed by install.sh, not here: listing them would
+    # pull a CUDA torch and a broken torchaudio. See ../shared/ENVIRONMENT.md.
+    install_requires=["tqdm", "numpy", "sacrebleu", "rouge-score", "nltk"],
+    entry_points={
+        "console_scripts": [
+            "prepare-dailydialog=data_prep.dailydialog:main",
+            "prepare-cmu-dog=data_prep.cmu_dog:main",
+            "prepare-wow=data_prep.wow:main",
+            "tokenize-dialog=data_prep.tokenize:main",
+            "detokenize-dialog=data_prep.detokenize:main",
+            "dialog-metrics=dialogue_metrics.cli:main",
+        ]
+    },
+)
