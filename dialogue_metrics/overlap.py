@@ -40,7 +40,8 @@ def corpus_bleu(hypotheses: Sequence[Tokens], references: Sequence[Tokens], orde
     if not hypotheses:
         return 0.0
     bleu = BLEU(
-        max_ngram_order=order, tokenize="none", smooth_method="none", effective_order=False
+        max_ngram_order=order, tokenize="none", smooth_method="none", effective_order=False,
+        force=True,  # the input is tokenised on purpose; silences sacrebleu's detokenisation warning
     )
     hyp_str = [" ".join(t) for t in hypotheses]
     ref_str = [" ".join(t) for t in references]

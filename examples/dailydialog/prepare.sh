@@ -14,6 +14,7 @@ WORK="${WORK:-$ROOT/work/dailydialog}"
 CONTEXT_TURNS="${CONTEXT_TURNS:-1}"      # 1 = single-turn pairs; N = last N utterances -> response
 TOKENIZER="${TOKENIZER:-bert}"           # bert (WordPiece, the KI paper's) or spm (sentencepiece)
 WORKERS="${WORKERS:-2}"
+MAX_DIALOGUES="${MAX_DIALOGUES:-}"       # keep only the first N dialogues per split (quick runs)
 # -----------------------------------------------------------------------------------------
 
 if [ ! -d "$DAILYDIALOG_DIR" ] && [ -n "$DAILYDIALOG_URL" ]; then
@@ -24,7 +25,7 @@ if [ ! -d "$DAILYDIALOG_DIR" ] && [ -n "$DAILYDIALOG_URL" ]; then
 fi
 
 prepare-dailydialog --input "$DAILYDIALOG_DIR" --output "$WORK/raw" \
-  --context-turns "$CONTEXT_TURNS" --lowercase --dedup
+  --context-turns "$CONTEXT_TURNS" --lowercase --dedup ${MAX_DIALOGUES:+--max-dialogues "$MAX_DIALOGUES"}
 tokenize-dialog --input "$WORK/raw" --output "$WORK/tok" --tokenizer "$TOKENIZER"
 rm -rf "$WORK/data-bin"
 fairseq-preprocess --source-lang src --target-lang tgt \

@@ -12,9 +12,9 @@ MAX_EPOCH="${MAX_EPOCH:-12}"
 
 rm -rf "$WORK"; mkdir -p "$WORK"
 echo "== 1/4 prepare: $CORPUS -> $WORK"
-prepare-dailydialog --input "$CORPUS" --output "$WORK/raw" --lowercase --tokenizer bert 2>"$WORK/prepare.log"
-fairseq-preprocess --source-lang src --target-lang tgt --trainpref "$WORK/raw/train" \
-  --validpref "$WORK/raw/valid" --testpref "$WORK/raw/test" --destdir "$WORK/data-bin" \
+prepare-dailydialog --input "$CORPUS" --output "$WORK/tok" --lowercase --tokenizer bert 2>"$WORK/prepare.log"
+fairseq-preprocess --source-lang src --target-lang tgt --trainpref "$WORK/tok/train" \
+  --validpref "$WORK/tok/valid" --testpref "$WORK/tok/test" --destdir "$WORK/data-bin" \
   --joined-dictionary --workers 2 >>"$WORK/prepare.log" 2>&1
 
 echo "== 2/4 train: tiny Transformer, $MAX_EPOCH epochs (log: $WORK/train.log)"
@@ -41,8 +41,8 @@ grep -m 3 "^H-" "$WORK/test.greedy.out" | cut -f 3 | sed 's/^/   sample: /'
 echo "== 4/4 metrics"
 rm -f "$WORK/metrics.md"
 for decoder in greedy beam5; do
-  dialog-metrics --gen-out "$WORK/test.$decoder.out" --wordpiece-detok --train-tgt "$WORK/raw/train.tgt" \
+  dialog-metrics --gen-out "$WORK/test.$decoder.out" --wordpiece-detok --train-tgt "$WORK/tok/train.tgt" \
     --ppl-log "$WORK/train.log" --name "quickstart $decoder" \
-    --json-out "$WORK/metrics.$decoder.json" --append-md "$WORK/metrics.md" >/dev/null
+    --json-out "$WORK/metrics.$decoder.json" --append-md "$WORK/metrics.md" >/dev/null 2>>"$WORK/metrics.log"
 done
 cat "$WORK/metrics.md"
