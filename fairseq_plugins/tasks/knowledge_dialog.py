@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from fairseq_plugins.data.batching import CompleteBatchesMixin
+
 
 @dataclass
 class KnowledgeDialogConfig(TranslationConfig):
@@ -19,7 +21,9 @@ class KnowledgeDialogConfig(TranslationConfig):
 
 
 @register_task("knowledge_dialog", dataclass=KnowledgeDialogConfig)
-class KnowledgeDialogTask(TranslationTask):
-    """Dialogue context -> response. Datasets: ``{split}.src-tgt.{src,tgt}`` from fairseq-preprocess."""
+class KnowledgeDialogTask(CompleteBatchesMixin, TranslationTask):
+    """Dialogue context -> response. Datasets: ``{split}.src-tgt.{src,tgt}`` from fairseq-preprocess.
+
+    Batches never drop examples (see ``fairseq_plugins.data.batching``)."""
 
     cfg: KnowledgeDialogConfig

@@ -1,0 +1,1 @@
+"""Dataset and batching helpers shared by the plugin's tasks."""
