@@ -20,6 +20,7 @@ setup(
             "prepare-wow=data_prep.wow:main",
             "tokenize-dialog=data_prep.tokenize:main",
             "detokenize-dialog=data_prep.detokenize:main",
+            "source-entropy=data_prep.source_entropy:main",
             "dialog-metrics=dialogue_metrics.cli:main",
         ]
     },

@@ -21,11 +21,13 @@ RATIO="${RATIO:-0.5}"                           # share of pairs in D_N (paper: 
 NORMALIZE="${NORMALIZE:-ws}"                    # source-entropy --normalize (lower,punct,ws | none)
 TIE_BREAK="${TIE_BREAK:-index}"                 # index | shorter (pairs tied at the cut)
 CONFIG="${CONFIG:-small}"                       # paper | small | tiny (env.sh transformer_args)
-TEACHER_EPOCH="${TEACHER_EPOCH:-3}"
-MAX_EPOCH="${MAX_EPOCH:-3}"                     # student epochs
+TEACHER_EPOCH="${TEACHER_EPOCH:-2}"             # the budget of RESULTS.md
+MAX_EPOCH="${MAX_EPOCH:-2}"                     # student epochs (2 epochs = 846 updates on the full data)
 SEED="${SEED:-1}"
-ND_GAMMA="${ND_GAMMA:-25600}"                   # step of the alpha peak (paper 25600); for short runs
-                                                # use about half the student's total updates
+ND_GAMMA="${ND_GAMMA:-25600}"                   # step of the alpha peak (paper: 25600, of ~50k updates).
+                                                # With a short budget alpha stays ~0.01 unless it is
+                                                # scaled: use about half the student's total updates
+                                                # (e.g. ND_GAMMA=423 for 2 epochs = 846 updates)
 ND_ARGS="${ND_ARGS:-}"                          # more --nd-* flags (see the header)
 TEACHER_DIR="${TEACHER_DIR:-$WORK/checkpoints/nd_teacher_$CONFIG}"
 BOTTOM_DIR="${BOTTOM_DIR:-$WORK/checkpoints/nd_bottom_$CONFIG}"

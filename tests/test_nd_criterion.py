@@ -1,0 +1,296 @@
+"""Criterion ``negative_distillation`` on tiny in-process fairseq Transformers, the attention
+capture it relies on, and one fairseq-train run with --user-dir."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from fairseq import checkpoint_utils, tasks
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+from fairseq_plugins.criterions.negative_distillation import NegativeDistillationCriterion
+from fairseq_plugins.losses import negative_distillation as nd
+from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode
+from tests import nd_helpers as H
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("nd")
+    teacher_path = H.make_teacher(tmp)
+    data = H.make_data_dir(tmp / "student")
+    cfg = H.make_cfg(data)
+    return tmp, teacher_path, data, cfg, tasks.setup_task(cfg.task)
+
+
+def nd_criterion(data: Path, teacher_path: Path, *extra: str):
+    """Through fairseq's command-line parsing, as fairseq-train builds it."""
+    cfg = H.make_cfg(data, ["--criterion", "negative_distillation", "--teacher-path", str(teacher_path), *extra])
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    return task, model, task.build_criterion(cfg.criterion)
+
+
+def direct(setup, teacher_path=None, **kwargs):
+    """The same, constructed directly (faster): kwargs are the config's field names."""
+    _, default_teacher, _, cfg, task = setup
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    crit = NegativeDistillationCriterion(task, teacher_path=str(teacher_path or default_teacher), **kwargs)
+    return task, model, crit
+
+
+def test_teacher_is_frozen_hidden_and_gets_no_gradient(setup) -> None:
+    _, teacher_path, data, _, _ = setup
+    task, model, crit = nd_criterion(data, teacher_path, "--nd-alpha-schedule", "fixed", "--nd-alpha", "0.5")
+    assert isinstance(crit, NegativeDistillationCriterion)
+    assert list(crit.parameters()) == [] and crit.state_dict() == {}
+    assert all(not p.requires_grad for p in crit.teacher.parameters())
+    model.train()
+    loss, sample_size, log = crit(model, H.make_sample(task, H.PAIRS))
+    loss.backward()
+    assert all(p.grad is None for p in crit.teacher.parameters())
+    assert not crit.teacher.training
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert sample_size == log["ntokens"] == 12  # 9 words + 3 EOS
+    for key in ("nd_pred", "nd_hid", "nd_att"):
+        assert float(log[key]) > 0
+    # the teacher's weights are the checkpoint's, not the student's
+    saved = torch.load(teacher_path, weights_only=False)["model"]
+    name, param = next(iter(crit.teacher.named_parameters()))
+    assert torch.equal(param, saved[name])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_alpha_zero_equals_plain_mle_loss_and_gradients(setup, eps: float) -> None:
+    task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=0.0, label_smoothing=eps)
+    sample = H.make_sample(task, H.PAIRS)
+    ref = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=eps)
+    model.train()  # dropout is 0 in the tiny config, so both passes see the same network
+    loss_nd, size_nd, _ = crit(model, sample)
+    loss_nd.backward()
+    grads_nd = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss_ref, size_ref, _ = ref(model, sample)
+    loss_ref.backward()
+    assert size_nd == size_ref
+    assert torch.equal(loss_nd, loss_ref)
+    for g_nd, p in zip(grads_nd, model.parameters()):
+        assert torch.equal(g_nd, p.grad)
+
+
+def test_loss_equals_eq13_from_the_pure_functions(setup) -> None:
+    task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=0.3, label_smoothing=0.0,
+                               nd_temperature=2.0)
+    sample = H.make_sample(task, H.PAIRS)
+    loss, sample_size, log = crit(model, sample)
+    with AttentionScoreCapture(model.decoder) as cs:
+        out_s = model(**sample["net_input"])
+    with torch.no_grad(), AttentionScoreCapture(crit.teacher.decoder) as ct:
+        out_t = crit.teacher(**sample["net_input"])
+    target = sample["target"]
+    mask = target.ne(1)
+    mle = torch.nn.functional.cross_entropy(out_s[0].view(-1, out_s[0].size(-1)), target.view(-1),
+                                            ignore_index=1, reduction="sum")
+    pred = nd.soft_unlikelihood(out_s[0], out_t[0], mask, temperature=2.0)
+    hid = [nd.mrse(s, t, mask.t()[:, :, None]) for s, t in zip(out_s[1]["inner_states"][1:],
+                                                               out_t[1]["inner_states"][1:])]
+    amask = attention_mask("self", mask, sample["net_input"]["prev_output_tokens"].eq(1))
+    att = [nd.mrse(s, t, amask) for s, t in zip(cs.scores["self"], ct.scores["self"])]
+    assert len(hid) == len(att) == 2
+    expected = 0.7 * mle + 0.3 * (pred + sample_size * (sum(hid) + sum(att)))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_terms_can_be_switched_off(setup) -> None:
+    task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=0.5, nd_terms="hid")
+    _, _, log = crit(model, H.make_sample(task, H.PAIRS))
+    assert log["nd_pred"] == 0.0 and log["nd_att"] == 0.0 and float(log["nd_hid"]) > 0
+    with pytest.raises(ValueError, match="unknown term"):
+        direct(setup, nd_terms="pred,foo")
+
+
+def test_encoder_decoder_attention_option(setup) -> None:
+    sample = None
+    values = {}
+    for kind in ("self", "encoder", "both"):
+        task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=1.0, nd_terms="att", nd_attention=kind)
+        sample = sample or H.make_sample(task, H.PAIRS)
+        values[kind] = float(crit(model, sample)[2]["nd_att"])
+    assert values["both"] == pytest.approx(values["self"] + values["encoder"], rel=1e-6)
+    assert values["self"] != pytest.approx(values["encoder"])
+
+
+def test_progressive_alpha_follows_the_models_update_count(setup) -> None:
+    task, model, crit = direct(setup, nd_gamma=100.0)
+    sample = H.make_sample(task, H.PAIRS)
+    _, _, log = crit(model, sample)
+    assert log["nd_step"] == 0 and log["nd_alpha"] == pytest.approx(nd.progressive_alpha(0, 4.0, 100.0))
+    model.set_num_updates(100)  # what fairseq's task.train_step does before each update
+    _, _, log = crit(model, sample)
+    assert log["nd_step"] == 100 and log["nd_alpha"] == pytest.approx(1.0)
+
+
+def test_first_forward_after_resume_takes_the_trainers_update_count(setup) -> None:
+    from fairseq.logging import metrics
+
+    metrics.reset()
+    try:
+        metrics.log_scalar("num_updates", 100, weight=0)  # what Trainer.set_num_updates logs on resume
+        task, model, crit = direct(setup, nd_gamma=100.0)
+        _, _, log = crit(model, H.make_sample(task, H.PAIRS))
+        assert log["nd_step"] == 100 and log["nd_alpha"] == pytest.approx(1.0)
+    finally:
+        metrics.reset()
+
+
+@pytest.mark.parametrize("target", ["hard", "random"])
+def test_hard_and_random_targets(setup, target: str, tmp_path: Path) -> None:
+    responses = tmp_path / "dn.tgt"
+    responses.write_text("a b c\nd e\n")
+    task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=0.5, nd_target=target,
+                               nd_random_targets=str(responses))
+    sample = H.make_sample(task, H.PAIRS)
+    loss, _, log = crit(model, sample)
+    assert torch.isfinite(loss) and float(log["nd_pred"]) > 0
+    neg = crit._negative_tokens(sample, crit.teacher, sample["target"])
+    assert neg.shape == sample["target"].shape
+    if target == "random":
+        allowed = {tuple(task.target_dictionary.encode_line(s, add_if_not_exist=False).tolist()) for s in
+                   ("a b c", "d e")}
+        for row in neg.tolist():
+            toks = tuple(t for t in row if t != task.target_dictionary.pad())
+            assert any(a[: len(toks)] == toks for a in allowed)
+
+
+def test_greedy_decode_matches_full_recomputation(setup) -> None:
+    task, model, _ = direct(setup)
+    sample = H.make_sample(task, H.PAIRS)
+    d = task.target_dictionary
+    src, lengths = sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"]
+    got = greedy_decode(model, src, lengths, 6, bos=d.eos(), eos=d.eos(), pad=d.pad())
+    # reference: re-run the whole decoder on the prefix at every step, no incremental state
+    prefix = src.new_full((src.size(0), 1), d.eos())
+    done = torch.zeros(src.size(0), dtype=torch.bool)
+    with torch.no_grad():
+        for step in range(got.size(1)):
+            logits, _ = model(src, lengths, prefix)
+            logits[:, -1, d.pad()] = float("-inf")
+            nxt = logits[:, -1].argmax(-1).masked_fill(done, d.pad())
+            assert torch.equal(nxt, got[:, step])
+            done |= nxt.eq(d.eos())
+            prefix = torch.cat([prefix, nxt[:, None]], 1)
+
+
+@pytest.mark.parametrize("kind", ["self", "encoder"])
+def test_captured_scores_equal_fairseq_pre_softmax_scores(setup, kind: str) -> None:
+    task, model, _ = direct(setup)
+    sample = H.make_sample(task, H.PAIRS)
+    calls = []
+    modules = [getattr(layer, "self_attn" if kind == "self" else "encoder_attn") for layer in model.decoder.layers]
+    handles = [m.register_forward_pre_hook(lambda mod, a, kw: calls.append((mod, kw)), with_kwargs=True)
+               for m in modules]
+    with torch.no_grad():
+        plain = model(**sample["net_input"])[0]
+        with AttentionScoreCapture(model.decoder, kind) as cap:
+            captured_out = model(**sample["net_input"])[0]
+    for h in handles:
+        h.remove()
+    assert torch.equal(plain, captured_out)  # capturing changes nothing
+    assert len(cap.scores[kind]) == 2
+    for (module, kwargs), scores in zip(calls[2:], cap.scores[kind]):  # calls[:2]: the plain pass
+        kw = dict(kwargs, before_softmax=True, need_weights=True)
+        # fairseq's non-fused path returns the masked pre-softmax scores with before_softmax=True
+        ref = _fairseq_scores(module, kw)
+        bsz, heads, tgt_len, src_len = scores.shape
+        ref = ref.view(bsz, heads, tgt_len, src_len)
+        finite = torch.isfinite(ref)
+        assert finite.any()
+        assert torch.allclose(scores[finite], ref[finite], atol=1e-5)
+        # the masked elements are exactly those attention_mask excludes (for real target rows)
+        tmask = sample["target"].ne(1)
+        key_pad = (sample["net_input"]["prev_output_tokens"].eq(1) if kind == "self"
+                   else sample["net_input"]["src_tokens"].eq(1))
+        valid = attention_mask(kind, tmask, key_pad).expand_as(ref)
+        assert torch.equal(valid, finite & tmask[:, None, :, None])
+
+
+def _fairseq_scores(module, kwargs):
+    """MultiheadAttention's own pre-softmax scores: ``before_softmax=True`` on its non-fused
+    path (skip_embed_dim_check forces that path without changing the computation)."""
+    saved = module.skip_embed_dim_check
+    module.skip_embed_dim_check = True
+    try:
+        with torch.no_grad():
+            scores, _ = module(**kwargs)
+    finally:
+        module.skip_embed_dim_check = saved
+    return scores
+
+
+def test_vocabulary_mismatch_is_a_clear_error(setup) -> None:
+    tmp = setup[0]
+    other = H.make_teacher(tmp, seed=3, words=H.WORDS[:-2])  # 2 words fewer
+    with pytest.raises(ValueError, match="vocabulary: teacher 22 entries, student task 24"):
+        direct(setup, other)
+    shuffled = H.make_teacher(tmp, seed=4, words=list(reversed(H.WORDS)))  # same size, other symbols order
+    with pytest.raises(ValueError, match="differs from the student's"):
+        direct(setup, shuffled)
+    with pytest.raises(FileNotFoundError):
+        direct(setup, tmp / "missing.pt")
+
+
+def test_architecture_mismatch_is_a_clear_error(setup) -> None:
+    arch = list(H.TINY_ARCH)
+    arch[arch.index("--decoder-layers") + 1] = "1"
+    other = H.make_teacher(setup[0], seed=5, arch=arch)
+    task, model, crit = direct(setup, other)
+    with pytest.raises(ValueError, match="decoder layers: student 2, teacher 1"):
+        crit(model, H.make_sample(task, H.PAIRS))
+
+
+def _run(cmd, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    assert proc.returncode == 0, f"{cmd[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_fairseq_train_cli_saves_no_teacher(tmp_path: Path) -> None:
+    text = tmp_path / "text"
+    text.mkdir()
+    lines_src = ["a b c d", "e f g", "h i j", "k l m n o", "p q", "r s t a b"] * 4
+    lines_tgt = ["e f", "g h i", "j k", "l m", "n o p q", "r s"] * 4
+    for split in ("train", "valid"):
+        (text / f"{split}.src").write_text("\n".join(lines_src) + "\n")
+        (text / f"{split}.tgt").write_text("\n".join(lines_tgt) + "\n")
+    bin_dir = H.binarize(text, tmp_path / "bin")
+    cfg = H.make_cfg(bin_dir)
+    torch.manual_seed(11)
+    _, teacher = H.build(cfg)
+    teacher_path = H.save_checkpoint(teacher, cfg, tmp_path / "teacher" / "checkpoint_best.pt")
+    save_dir = tmp_path / "student"
+    proc = _run(["fairseq-train", str(bin_dir), "--user-dir", str(REPO_ROOT / "fairseq_plugins"),
+                 "--task", "knowledge_dialog", "--source-lang", "src", "--target-lang", "tgt", *H.TINY_ARCH,
+                 "--criterion", "negative_distillation", "--teacher-path", str(teacher_path),
+                 "--nd-gamma", "2", "--optimizer", "adam", "--lr", "0.001", "--max-tokens", "64",
+                 "--max-update", "3", "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--num-workers", "0",
+                 "--log-format", "simple", "--log-interval", "1", "--seed", "1", "--cpu"])
+    log = proc.stdout + proc.stderr
+    assert "nd_alpha" in log and "nd_hid" in log and "nd_step" in log
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(save_dir / "checkpoint_last.pt"))
+    assert state["criterion"] is None
+    student_keys = set(state["model"])
+    teacher_keys = set(torch.load(teacher_path, weights_only=False)["model"])
+    assert student_keys == teacher_keys  # same architecture: exactly one model's parameters, no extra copy
+    assert not any("teacher" in k for k in student_keys)
+    assert state["optimizer_history"][-1]["num_updates"] == 3
+    # the optimizer holds only the student's parameters
+    n_student = sum(v.numel() for v in state["model"].values() if v.dtype.is_floating_point)
+    exp_avg = state["last_optimizer_state"]["state"][0]["exp_avg"]
+    assert exp_avg.numel() <= n_student

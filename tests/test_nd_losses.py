@@ -1,0 +1,112 @@
+"""Negative distillation loss functions on tiny hand-computed tensors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fairseq_plugins.losses import negative_distillation as nd
+
+
+def test_soft_unlikelihood_hand_computed() -> None:
+    # one position, vocabulary of 2: student p_S = softmax([0, ln 3]) = (1/4, 3/4),
+    # teacher p_N = softmax([ln 2, 0]) = (2/3, 1/3)
+    student = torch.tensor([[[0.0, math.log(3.0)]]])
+    teacher = torch.tensor([[[math.log(2.0), 0.0]]])
+    expected = -(2 / 3 * math.log(1 - 1 / 4) + 1 / 3 * math.log(1 - 3 / 4))
+    assert nd.soft_unlikelihood(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_unlikelihood_temperature_mask_and_sum() -> None:
+    student = torch.tensor([[[0.0, 2 * math.log(3.0)], [5.0, -5.0]]])  # second position masked
+    teacher = torch.tensor([[[2 * math.log(2.0), 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, False]])
+    # t = 2 halves the logits: back to the distributions of the test above
+    expected = -(2 / 3 * math.log(3 / 4) + 1 / 3 * math.log(1 / 4))
+    got = nd.soft_unlikelihood(student, teacher, mask, temperature=2.0)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    per_pos = nd.soft_unlikelihood(student, teacher, mask, temperature=2.0, reduce=False)
+    assert per_pos.shape == (1, 2) and per_pos[0, 1].item() == 0.0
+
+
+def test_soft_unlikelihood_is_stable_at_certainty() -> None:
+    student = torch.tensor([[[100.0, -100.0, -100.0]]], requires_grad=True)
+    teacher = torch.tensor([[[100.0, -100.0, -100.0]]])
+    loss = nd.soft_unlikelihood(student, teacher, eps=1e-6)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(-math.log(1e-6), rel=1e-4)
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
+
+
+def test_log1mexp_matches_direct_formula() -> None:
+    lp = torch.tensor([-20.0, -3.0, -0.7, -0.1, -1e-3], dtype=torch.float64)
+    assert torch.allclose(nd.log1mexp(lp, eps=1e-12), torch.log(1 - lp.exp()), rtol=1e-9)
+
+
+def test_hard_unlikelihood_hand_computed() -> None:
+    student = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0]]])  # p = (1/4, 3/4), (3/4, 1/4)
+    neg = torch.tensor([[1, 1]])
+    mask = torch.tensor([[True, True]])
+    expected = -(math.log(1 - 3 / 4) + math.log(1 - 1 / 4))
+    assert nd.hard_unlikelihood(student, neg, mask).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mrse_hand_computed_and_identical() -> None:
+    a = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    b = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    expected = (1 + math.exp(-1) + math.exp(-4) + math.exp(-4)) / 4
+    assert nd.mrse(a, b).item() == pytest.approx(expected, rel=1e-6)
+    # identical tensors: exp(0) = 1 for every element, so the mean is 1
+    x = torch.randn(3, 4, 5)
+    assert nd.mrse(x, x.clone()).item() == 1.0
+    assert torch.equal(torch.exp(-(x - x) ** 2), torch.ones_like(x))
+
+
+def test_mrse_mask_counts_only_valid_elements_even_with_inf() -> None:
+    a = torch.tensor([[0.0, float("-inf")], [1.0, 2.0]], requires_grad=True)
+    b = torch.tensor([[0.0, float("-inf")], [0.0, 5.0]])
+    mask = torch.tensor([[True, False], [True, False]])
+    got = nd.mrse(a, b, mask)
+    assert got.item() == pytest.approx((1 + math.exp(-1)) / 2, rel=1e-6)
+    got.backward()
+    assert torch.isfinite(a.grad).all() and a.grad[0, 1] == 0 and a.grad[1, 1] == 0
+
+
+def test_minimising_mrse_moves_features_apart() -> None:
+    a = torch.tensor([0.3, -0.2], requires_grad=True)
+    b = torch.tensor([0.0, 0.0])
+    before = (a - b).abs().detach().clone()
+    nd.mrse(a, b).backward()
+    with torch.no_grad():
+        a -= 0.1 * a.grad
+    assert ((a - b).abs() > before).all()
+
+
+def test_progressive_alpha_shape() -> None:
+    gamma = 25600
+    assert nd.progressive_alpha(gamma) == pytest.approx(1.0)  # lambda / 4 with lambda = 4
+    assert nd.progressive_alpha(100, lam=2.0, gamma=100, beta=0.5) == pytest.approx(0.5)
+    peak = nd.progressive_alpha(gamma)
+    for s in (0, 1000, gamma - 1, gamma + 1, 2 * gamma, 10 * gamma):
+        assert nd.progressive_alpha(s) < peak
+    # sigma'(-6) * 4 at s = 0 with beta = 6 / gamma, symmetric around gamma
+    z = -6.0
+    assert nd.progressive_alpha(0) == pytest.approx(4 * math.exp(-z) / (math.exp(-z) + 1) ** 2)
+    assert nd.progressive_alpha(gamma - 500) == pytest.approx(nd.progressive_alpha(gamma + 500))
+    assert nd.progressive_alpha(1e12) == 0.0 and nd.progressive_alpha(-1e12) == 0.0  # no overflow
+
+
+def test_mean_progressive_alpha_matches_numeric_average() -> None:
+    steps = 51200
+    numeric = sum(nd.progressive_alpha(s + 0.5) for s in range(steps)) / steps
+    assert nd.mean_progressive_alpha(steps) == pytest.approx(numeric, rel=1e-4)
+    assert nd.mean_progressive_alpha(steps) == pytest.approx(0.33, abs=0.005)  # the --nd-alpha default
+
+
+def test_combine_alpha_zero_is_mle_and_eq13() -> None:
+    mle = torch.tensor(3.0, requires_grad=True)
+    pred = torch.tensor(2.0, requires_grad=True)
+    assert nd.combine(mle, 0.0, pred, [torch.tensor(1.0)]) is mle
+    got = nd.combine(mle, 0.25, pred, [torch.tensor(1.0), torch.tensor(0.5)], [torch.tensor(0.5)])
+    assert got.item() == pytest.approx(0.75 * 3.0 + 0.25 * (2.0 + 1.0 + 0.5 + 0.5))

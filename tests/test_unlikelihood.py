@@ -1,0 +1,117 @@
+"""Vocabulary unlikelihood (the UL baseline): hand-computed pieces and the criterion in-process."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from fairseq import tasks
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+from fairseq_plugins.losses import unlikelihood as ul
+from tests import nd_helpers as H
+
+
+def test_token_unlikelihood_hand_computed() -> None:
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0]]])  # p = (1/4, 3/4), (3/4, 1/4)
+    tokens = torch.tensor([[1, 0]])
+    weights = torch.tensor([[2.0, 0.0]])
+    assert ul.token_unlikelihood(logits, tokens, weights).item() == pytest.approx(-2 * math.log(1 / 4), rel=1e-6)
+
+
+def test_penalty_weights() -> None:
+    model = torch.tensor([0, 6, 2, 2, 0])
+    human = torch.tensor([0, 2, 4, 4, 5])
+    w = ul.penalty_weights(model, human, "kldiv", threshold=1e-3)
+    assert w[1].item() == pytest.approx(0.6 * math.log(0.6 / (2 / 15)))
+    assert w[[0, 2, 3, 4]].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert ul.penalty_weights(model, human, "uniform").tolist() == [0, 1, 0, 0, 0]
+    logdiff = ul.penalty_weights(model, human, "logdiff")
+    assert logdiff[1].item() == pytest.approx(math.log((0.6 - 2 / 15) / 0.001))
+    # a token the humans never used is no kldiv candidate (infinite weight), as in Li et al.'s agent
+    assert ul.penalty_weights(torch.tensor([5, 5]), torch.tensor([0, 3]), "kldiv").tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        ul.penalty_weights(model, human, "other")
+
+
+def test_running_counts_window() -> None:
+    rc = ul.RunningCounts(4, size=2)
+    rc.add(torch.tensor([[1, 1, 0]]), ignore=0)
+    assert not rc.full and rc.total.tolist() == [0, 2, 0, 0]
+    rc.add(torch.tensor([2, 3]))
+    rc.add(torch.tensor([3]))
+    assert rc.full and rc.total.tolist() == [0, 0, 1, 2]  # the first batch left the window
+
+
+def _criterion(tmp_path: Path, *extra: str):
+    data = H.make_data_dir(tmp_path / "data")
+    cfg = H.make_cfg(data, ["--criterion", "unlikelihood", *extra])
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    return task, model, task.build_criterion(cfg.criterion)
+
+
+def test_alpha_zero_and_eval_mode_are_plain_mle(tmp_path: Path) -> None:
+    task, model, crit = _criterion(tmp_path, "--ul-alpha", "0", "--ul-window", "1")
+    sample = H.make_sample(task, H.PAIRS)
+    ref = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    model.train()
+    assert torch.equal(crit(model, sample)[0], ref(model, sample)[0])
+    task, model, crit = _criterion(tmp_path, "--ul-window", "1")
+    model.eval()
+    assert torch.equal(crit(model, sample)[0], ref(model, sample)[0])
+
+
+def test_unlikelihood_starts_when_the_window_is_full(tmp_path: Path) -> None:
+    task, model, crit = _criterion(tmp_path, "--ul-window", "2", "--ul-alpha", "10", "--ul-max-len", "8",
+                                   "--ul-weighting", "uniform", "--label-smoothing", "0")
+    sample = H.make_sample(task, H.PAIRS)
+    model.train()
+    loss1, size, log1 = crit(model, sample)
+    assert log1["ul_tokens"] == 0 and torch.equal(loss1, log1["mle_loss"])  # window not full yet
+    loss2, size, log2 = crit(model, sample)
+    # an untrained model repeats a few tokens the targets rarely use: they are penalised
+    assert log2["ul_candidates"] > 0 and log2["ul_tokens"] > 0
+    expected = log2["mle_loss"] + 10 * log2["ul_loss"] / log2["ul_tokens"] * size
+    assert loss2.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model.training  # generation ran in eval mode and the mode was restored
+    loss2.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_response_window_frequency() -> None:
+    w = ul.ResponseWindow(size=2)
+    w.add([[1, 2], [1, 2], [3]])
+    assert w.frequent([[1, 2], [3], [4]], ratio=0.5) == [True, False, False]  # 2/3 > 0.5, 1/3 not
+    w.add([[3], [3]])
+    w.add([[5]])  # the first batch leaves the window: [3] x2 and [5]
+    assert w.frequent([[1, 2], [3]], ratio=0.5) == [False, True]
+    assert w.responses == 3
+
+
+def test_sequence_log_likelihood() -> None:
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])
+    got = ul.sequence_log_likelihood(logits, torch.tensor([[1, 0]]), torch.tensor([[True, False]]))
+    assert got.tolist() == [pytest.approx(math.log(3 / 4))]
+
+
+def test_negative_training_penalises_frequent_generations(tmp_path: Path) -> None:
+    data = H.make_data_dir(tmp_path / "data")
+    cfg = H.make_cfg(data, ["--criterion", "negative_training", "--nt-ratio", "0.01", "--nt-max-len", "6",
+                            "--label-smoothing", "0"])
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    crit = task.build_criterion(cfg.criterion)
+    sample = H.make_sample(task, H.PAIRS)
+    model.train()
+    loss, _, log = crit(model, sample)
+    # with a 1% threshold every response of a first batch of 3 is frequent (share >= 1/3)
+    assert log["nt_negatives"] == 3
+    assert loss.item() == pytest.approx((log["mle_loss"] + log["nt_loss"]).item(), rel=1e-6)
+    assert log["nt_loss"] < 0  # a sum of log probabilities
+    model.eval()
+    loss_eval, _, log_eval = crit(model, sample)
+    assert log_eval["nt_negatives"] == 0 and torch.equal(loss_eval, log_eval["mle_loss"])
