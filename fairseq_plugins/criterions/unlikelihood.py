@@ -25,6 +25,7 @@ model for a short time (``STAGES``/``MAX_EPOCH`` of the recipe). Validation: MLE
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from fairseq import utils
@@ -39,6 +40,23 @@ from fairseq_plugins.models.capture import greedy_decode
 
 logger = logging.getLogger(__name__)
 
+
+
+def reduce_mle_metrics(logging_outputs) -> Callable[[str], float]:
+    """Log loss, mle_loss, nll_loss (base 2) and ppl summed over workers; return the summing
+    function so a criterion can log its own keys the same way."""
+
+    def total(key: str) -> float:
+        return sum(float(log.get(key, 0)) for log in logging_outputs)
+
+    sample_size, ntokens = total("sample_size"), total("ntokens")
+    if sample_size > 0:
+        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("mle_loss", total("mle_loss") / sample_size / math.log(2), sample_size, round=3)
+    if ntokens > 0:
+        metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+    return total
 
 @dataclass
 class VocabUnlikelihoodConfig(FairseqDataclass):
@@ -130,16 +148,7 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
-        def total(key):
-            return sum(float(log.get(key, 0)) for log in logging_outputs)
-
-        sample_size, ntokens = total("sample_size"), total("ntokens")
-        if sample_size > 0:
-            metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-            metrics.log_scalar("mle_loss", total("mle_loss") / sample_size / math.log(2), sample_size, round=3)
-        if ntokens > 0:
-            metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-            metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        total = reduce_mle_metrics(logging_outputs)
         n_ul = total("ul_tokens")
         if n_ul > 0:
             metrics.log_scalar("ul_loss", total("ul_loss") / n_ul, n_ul, round=4)
@@ -229,16 +238,7 @@ class NegativeTrainingCriterion(FairseqCriterion):
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
-        def total(key):
-            return sum(float(log.get(key, 0)) for log in logging_outputs)
-
-        sample_size, ntokens = total("sample_size"), total("ntokens")
-        if sample_size > 0:
-            metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-            metrics.log_scalar("mle_loss", total("mle_loss") / sample_size / math.log(2), sample_size, round=3)
-        if ntokens > 0:
-            metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-            metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        total = reduce_mle_metrics(logging_outputs)
         n_neg = total("nt_negatives")
         if n_neg > 0:
             metrics.log_scalar("nt_loss", total("nt_loss") / n_neg, n_neg, round=4)
