@@ -21,6 +21,8 @@ setup(
             "tokenize-dialog=data_prep.tokenize:main",
             "detokenize-dialog=data_prep.detokenize:main",
             "source-entropy=data_prep.source_entropy:main",
+            "kid-retrieve=data_prep.kid_retrieve:main",
+            "kid-build-trie=data_prep.kid_build_trie:main",
             "dialog-metrics=dialogue_metrics.cli:main",
         ]
     },

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fairseq_plugins.generation.entity_memory import EntityMemory
-from fairseq_plugins.generation.knowledge_trie import KnowledgeTrie, TrieExample, WordNormalizer
+from data_prep.knowledge_trie import KnowledgeTrie, TrieExample, WordNormalizer
 from fairseq_plugins.generation.token_mapping import TokenMapper
 
 transformers = pytest.importorskip("transformers")

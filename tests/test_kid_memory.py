@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fairseq_plugins.generation.entity_memory import EntityMemory, KIDCore, KIDOptions, push_fifo
-from fairseq_plugins.generation.knowledge_trie import TrieStore, WordNormalizer
+from data_prep.knowledge_trie import TrieStore, WordNormalizer
 from fairseq_plugins.generation.token_mapping import TokenMapper
 
 TOY = Path(__file__).parent / "data" / "kid_toy_trie.jsonl"

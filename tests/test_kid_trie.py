@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fairseq_plugins.generation.knowledge_trie import (
+from data_prep.knowledge_trie import (
     KnowledgeTrie,
     TrieStore,
     WordNormalizer,

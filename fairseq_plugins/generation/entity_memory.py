@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from fairseq_plugins.generation.knowledge_trie import InMemoryTries, TrieStore, WordNormalizer
+from data_prep.knowledge_trie import InMemoryTries, TrieStore, WordNormalizer
 from fairseq_plugins.generation.policy_update import PolicyUpdateResult, kid_policy_update
 from fairseq_plugins.generation.token_mapping import TokenMapper
 
