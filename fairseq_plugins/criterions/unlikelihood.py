@@ -42,6 +42,18 @@ logger = logging.getLogger(__name__)
 
 
 
+def greedy_in_eval_mode(model, net_input: dict, max_len: int, dictionary) -> torch.Tensor:
+    """The model's greedy responses ``(B, <= max_len)`` to ``net_input``'s sources, decoded with
+    dropout off; the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        return greedy_decode(model, net_input["src_tokens"], net_input["src_lengths"], max_len,
+                             bos=dictionary.eos(), eos=dictionary.eos(), pad=dictionary.pad())
+    finally:
+        model.train(was_training)
+
+
 def reduce_mle_metrics(logging_outputs) -> Callable[[str], float]:
     """Log loss, mle_loss, nll_loss (base 2) and ppl summed over workers; return the summing
     function so a criterion can log its own keys the same way."""
@@ -124,13 +136,7 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
         penalised generated tokens, their number, the number of candidate vocabulary entries)."""
         d = self.task.target_dictionary
         net_input = sample["net_input"]
-        was_training = model.training
-        model.eval()
-        try:
-            gen = greedy_decode(model, net_input["src_tokens"], net_input["src_lengths"], self.max_len,
-                                bos=d.eos(), eos=d.eos(), pad=d.pad())
-        finally:
-            model.train(was_training)
+        gen = greedy_in_eval_mode(model, net_input, self.max_len, d)
         self.generated.add(gen, ignore=d.pad())
         self.human.add(target, ignore=d.pad())
         zero = target.new_zeros((), dtype=torch.float)
@@ -217,13 +223,7 @@ class NegativeTrainingCriterion(FairseqCriterion):
         likelihood added (to be minimised). Returns (summed log likelihood, number of responses)."""
         d = self.task.target_dictionary
         net_input = sample["net_input"]
-        was_training = model.training
-        model.eval()
-        try:
-            gen = greedy_decode(model, net_input["src_tokens"], net_input["src_lengths"], self.max_len,
-                                bos=d.eos(), eos=d.eos(), pad=d.pad())
-        finally:
-            model.train(was_training)
+        gen = greedy_in_eval_mode(model, net_input, self.max_len, d)
         responses = [[t for t in row if t != d.pad()] for row in gen.tolist()]
         self.window.add(responses)
         frequent = torch.tensor(self.window.frequent(responses, self.ratio), device=gen.device)
