@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 from tqdm import tqdm
 
 from data_prep.common import CorpusError, setup_logging
-from data_prep.kid_collection import FORMATS, Passage, index_by_id, load_collection
+from data_prep.kid_collection import Passage, add_collection_arguments, collection_from_args, index_by_id
 from data_prep.kid_retrieve import read_contexts
 from data_prep.kid_triples import DEFAULT_SPACY_MODEL, Triple, english_stop_words, extract_triples_batch, load_spacy
 
@@ -210,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrieval JSONL + collection -> one knowledge trie per example (KID step 2).",
     )
     p.add_argument("--retrieval", required=True, help="JSONL written by kid-retrieve")
-    p.add_argument("--collection", required=True, help="the passage collection given to kid-retrieve")
-    p.add_argument("--collection-format", choices=FORMATS, default="auto")
-    p.add_argument("--max-words", type=int, default=100, help="passage length for wiki_summaries (as in kid-retrieve)")
+    add_collection_arguments(p)  # the same collection flags as given to kid-retrieve
     p.add_argument("--source", help="{split}.src whose lines give the initial entities (same line count)")
     p.add_argument("--wordpiece", action="store_true", help="join '##' continuations of --source first")
     p.add_argument("--output", required=True, help="trie JSONL (one line per example)")
@@ -231,7 +229,7 @@ def run(argv: Optional[list[str]] = None, nlp: Any = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     t0 = time.time()
-    passages = index_by_id(load_collection(args.collection, args.collection_format, args.max_words))
+    passages = index_by_id(collection_from_args(args))
     retrieved = read_retrieval(args.retrieval, passages, args.top_k)
     contexts: Optional[list[str]] = None
     if args.source:

@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import re
+from argparse import ArgumentParser, Namespace
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -300,3 +301,15 @@ def collection_key(passages: Sequence[Passage]) -> str:
 def index_by_id(passages: Sequence[Passage]) -> dict[str, Passage]:
     """``id -> passage``."""
     return {p.id: p for p in passages}
+
+
+def add_collection_arguments(parser: ArgumentParser) -> None:
+    """``--collection``, ``--collection-format``, ``--max-words`` (shared by the KID commands)."""
+    parser.add_argument("--collection", required=True, help="passage collection (see data_prep.kid_collection)")
+    parser.add_argument("--collection-format", choices=FORMATS, default="auto")
+    parser.add_argument("--max-words", type=int, default=100, help="passage length for wiki_summaries (words)")
+
+
+def collection_from_args(args: Namespace) -> list[Passage]:
+    """The collection named by :func:`add_collection_arguments`' flags."""
+    return load_collection(args.collection, args.collection_format, args.max_words)

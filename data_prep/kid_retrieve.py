@@ -51,7 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.common import CorpusError, setup_logging
-from data_prep.kid_collection import FORMATS, Passage, collection_key, load_collection
+from data_prep.kid_collection import Passage, add_collection_arguments, collection_from_args, collection_key
 
 logger = logging.getLogger(__name__)
 
@@ -354,9 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-k passages of a collection for every line of a {split}.src file (KID step 1).",
     )
     p.add_argument("--input", required=True, help="contexts, one per line (a prepared {split}.src)")
-    p.add_argument("--collection", required=True, help="passage collection (see data_prep.kid_collection)")
-    p.add_argument("--collection-format", choices=FORMATS, default="auto")
-    p.add_argument("--max-words", type=int, default=100, help="passage length for wiki_summaries (words)")
+    add_collection_arguments(p)
     p.add_argument("--output", required=True, help="retrieval JSONL")
     p.add_argument("--stats", help="stats JSON (default: <output>.stats.json)")
     p.add_argument("--retriever", choices=["dense", "sparse", "random"], default="dense")
@@ -383,7 +381,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
         parser.error("--top-k must be >= 1")
     setup_logging(args.verbose)
     t0 = time.time()
-    passages = load_collection(args.collection, args.collection_format, args.max_words)
+    passages = collection_from_args(args)
     contexts = read_contexts(args.input, args.wordpiece)
     retriever = build_retriever(args, passages)
     t1 = time.time()
