@@ -75,7 +75,7 @@ class Passage:
 
 def load_cmu_dog(path: str | os.PathLike) -> list[Passage]:
     """CMU_DoG documents: one passage per section (4 per movie), in (document, section) order."""
-    from data_prep.cmu_dog import load_documents
+    from data_prep.cmu_dog_source import load_documents
 
     docs = load_documents(path)
     passages = []

@@ -138,18 +138,20 @@ def build_tokenizer(name: str, bert_vocab: str | None = None, spm_model: str | N
 def tokenize_examples(
     examples: Sequence[Example], tokenizer: str | Tokenizer, keep_tokens: Sequence[str] = DEFAULT_KEEP_TOKENS
 ) -> list[Example]:
-    """Tokenise src, tgt and knowledge of each example (``tokenizer``: 'bert' or an object)."""
+    """Tokenise src, tgt and knowledge of each example (``tokenizer``: 'bert' or an object).
+    Each distinct string is tokenised once (knowledge texts and turns repeat a lot)."""
     tok = build_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    out = []
-    for ex in tqdm(examples, desc="tokenise", unit="ex"):
-        out.append(
-            Example(
-                src=tokenize_line(ex.src, tok, keep_tokens),
-                tgt=tokenize_line(ex.tgt, tok, keep_tokens),
-                knowledge=None if ex.knowledge is None else tokenize_line(ex.knowledge, tok, keep_tokens),
-            )
-        )
-    return out
+    cache: dict[str, str] = {}
+
+    def run(text: str) -> str:
+        if text not in cache:
+            cache[text] = tokenize_line(text, tok, keep_tokens)
+        return cache[text]
+
+    return [
+        Example(src=run(ex.src), tgt=run(ex.tgt), knowledge=None if ex.knowledge is None else run(ex.knowledge))
+        for ex in tqdm(examples, desc="tokenise", unit="ex")
+    ]
 
 
 def truncate_tokens(line: str, max_tokens: int | None, keep: str) -> str:

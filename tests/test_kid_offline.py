@@ -251,10 +251,10 @@ def test_build_trie_end_to_end(tmp_path: Path, nlp) -> None:
 
 @pytest.mark.skipif(not TARBALL.exists(), reason=f"CMU_DoG tarball not found at {TARBALL}")
 def test_cmu_dog_real_contexts(tmp_path: Path, nlp) -> None:
-    from data_prep.cmu_dog import CmuDogSource, _load_documents, prepare_split
+    from data_prep.cmu_dog import CmuDogSource, documents_of, prepare_split
 
     source = CmuDogSource(TARBALL)
-    examples, _, _ = prepare_split(source, _load_documents(source), "test")
+    examples, _, _ = prepare_split(source, documents_of(source), "test")
     src = tmp_path / "test.src"
     src.write_text("".join(ex.src + "\n" for ex in examples[:20]), encoding="utf-8")
     # the documents collection (4 sections x 30 movies), read from the tarball once and handed
