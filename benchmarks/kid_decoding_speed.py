@@ -186,7 +186,7 @@ def make_batches(task: Any, subset: str, n: int, bsz: int) -> List[Dict[str, Any
 def build_generators(args: argparse.Namespace, models: List[Any], task: Any, tries: Any = None) -> Tuple[Any, Any]:
     from fairseq import search
     from fairseq.sequence_generator import SequenceGenerator
-    from fairseq_plugins.generation.entity_memory import KIDCore, KIDOptions
+    from fairseq_plugins.generation.entity_memory import KIDCore
     from fairseq_plugins.generation.kid_config import KIDConfig
     from fairseq_plugins.generation.kid_generator import KIDSequenceGenerator, build_kid_core
 
