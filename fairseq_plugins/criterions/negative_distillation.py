@@ -45,12 +45,12 @@ from typing import List, Optional, Tuple
 import torch
 from fairseq import checkpoint_utils, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from fairseq_plugins.criterions._mle import label_smoothed_mle
 from fairseq_plugins.losses import negative_distillation as nd
 from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode
 
@@ -315,13 +315,9 @@ class NegativeDistillationCriterion(FairseqCriterion):
         capture_s = AttentionScoreCapture(model.decoder, att_kind) if att_kind else contextlib.nullcontext()
         with capture_s:
             net_output = model(**sample["net_input"])
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = model.get_targets(sample, net_output)
-        mle, nll = label_smoothed_nll_loss(
-            lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps, ignore_index=self.padding_idx,
-            reduce=True,
+        mle, nll, target, sample_size = label_smoothed_mle(
+            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
         )
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
 
         pred = None
         hid: List[torch.Tensor] = []

@@ -30,11 +30,11 @@ from typing import Callable
 import torch
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from fairseq_plugins.criterions._mle import label_smoothed_mle
 from fairseq_plugins.losses import unlikelihood as ul
 from fairseq_plugins.models.capture import greedy_decode
 
@@ -105,11 +105,9 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = model.get_targets(sample, net_output)
-        mle, nll = label_smoothed_nll_loss(lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps,
-                                           ignore_index=self.padding_idx, reduce=True)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        mle, nll, target, sample_size = label_smoothed_mle(
+            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
+        )
         loss = mle
         ul_loss = mle.new_zeros(())
         n_penalised = 0
@@ -194,11 +192,9 @@ class NegativeTrainingCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = model.get_targets(sample, net_output)
-        mle, nll = label_smoothed_nll_loss(lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps,
-                                           ignore_index=self.padding_idx, reduce=True)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        mle, nll, target, sample_size = label_smoothed_mle(
+            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
+        )
         loss = self.pos_weight * mle
         neg = mle.new_zeros(())
         n_neg = 0
