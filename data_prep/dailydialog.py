@@ -12,7 +12,6 @@ Modes:
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import zipfile
@@ -67,7 +66,7 @@ def open_dialogues(data_dir: str, official_split: str) -> tuple[str, list[str]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorpusError(source, f"not UTF-8 text ({exc})") from exc
-    return source, io.StringIO(text).read().splitlines()
+    return source, text.splitlines()
 
 
 def parse_dialogue(line: str, source: str, line_no: int) -> list[str]:
