@@ -6,6 +6,15 @@ cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 PIP=("$PY" -m pip install --disable-pip-version-check)
 
+# 0. WordNet 3.0 (Debian's wordnet-base: /usr/share/wordnet/data.*), the linguistic knowledge of the
+#    knowledge-internalization knowledge base. Skipped where it is already there or apt is absent.
+if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wordnet-base \
+    || { $SUDO apt-get update -q && $SUDO env DEBIAN_FRONTEND=noninteractive \
+         apt-get install -y -q --no-install-recommends wordnet-base; } \
+    || echo "install.sh: WordNet (wordnet-base) not installed; build-knowledge-base --wordnet-dir needs it" >&2
+fi
 # 1. torch first and pinned: an unpinned torch anywhere later would pull a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
 # 2. everything else (torch is already satisfied, so nothing here replaces it).
