@@ -24,6 +24,8 @@ setup(
             "kid-retrieve=data_prep.kid_retrieve:main",
             "kid-build-trie=data_prep.kid_build_trie:main",
             "dialog-metrics=dialogue_metrics.cli:main",
+            "build-knowledge-base=data_prep.knowledge_base:main",
+            "ki-transform-alignments=data_prep.ki_alignment_ablations:main",
         ]
     },
 )
