@@ -9,7 +9,7 @@ setup(
         "internalization, negative distillation and knowledge-infused decoding"
     ),
     python_requires=">=3.11",
-    packages=find_packages(include=["fairseq_plugins*", "data_prep*", "dialogue_metrics*"]),
+    packages=find_packages(include=["fairseq_plugins*", "data_prep*", "dialogue_metrics*", "analysis*"]),
     # fairseq (ve-fairseq) and torch are installed by install.sh, not here: listing them would
     # pull a CUDA torch and a broken torchaudio. See ../shared/ENVIRONMENT.md.
     install_requires=["tqdm", "numpy", "sacrebleu", "rouge-score", "nltk"],
@@ -26,6 +26,9 @@ setup(
             "dialog-metrics=dialogue_metrics.cli:main",
             "build-knowledge-base=data_prep.knowledge_base:main",
             "ki-transform-alignments=data_prep.ki_alignment_ablations:main",
+            "ki-train-retriever=data_prep.ki_train_retriever:main",
+            "ki-binarize-alignments=data_prep.ki_binarize:main",
+            "ki-embedding-pca=analysis.embedding_pca:main",
         ]
     },
 )
