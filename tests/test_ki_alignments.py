@@ -145,7 +145,7 @@ def test_cli_misaligned_text_names_file_line_and_counts(data: dict, tmp_path: Pa
         ki_binarize.main(["--align", str(tmp_path / "bad.align"), "--source", str(data["work"] / "train.src"),
                           "--destdir", str(tmp_path / "out"), "--split", "train"])
     msg = str(err.value)
-    assert f"bad.align:3:" in msg and f"{len(bad[2])} knowledge ids" in msg and f"has {len(align[2])} tokens" in msg
+    assert "bad.align:3:" in msg and f"{len(bad[2])} knowledge ids" in msg and f"has {len(align[2])} tokens" in msg
     assert not (tmp_path / "out" / "train.align.ids.npy").exists()
 
 
