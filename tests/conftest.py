@@ -17,3 +17,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def fresh_fairseq_metrics():
+    """fairseq keeps logged meters (e.g. ``num_updates`` from a Trainer) in module-level
+    aggregators; reset them so no test sees another test's update count."""
+    import sys
+
+    metrics = sys.modules.get("fairseq.logging.metrics")
+    if metrics is not None:
+        metrics.reset()
+    yield
