@@ -28,6 +28,9 @@ setup(
             "ki-transform-alignments=data_prep.ki_alignment_ablations:main",
             "ki-train-retriever=data_prep.ki_train_retriever:main",
             "ki-binarize-alignments=data_prep.ki_binarize:main",
+            "ki-encode-knowledge=data_prep.ki_index:main",
+            "ki-mine=data_prep.ki_mine:main",
+            "ki-merge-alignments=data_prep.ki_merge:main",
             "ki-embedding-pca=analysis.embedding_pca:main",
         ]
     },

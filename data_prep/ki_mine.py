@@ -1,0 +1,695 @@
+"""Mine token-level lexical knowledge for a tokenised dialogue corpus (KI paper §4.3, Eq. 5).
+
+For every source line (whitespace tokens = the dialogue model's tokens) the tokens are grouped
+into words (``data_prep.alignment_text.words_of``); the whole line is encoded by the retriever
+(contextual), each word gets ``K = argmax_K f(h_word)ᵀ f(g(K))`` from the faiss index
+(``data_prep.ki_index``), and every subword token of the word gets the word's item id. The
+output line has exactly one id per source token (``0`` = no knowledge).
+
+Rules (documented choices):
+
+- **Skip tokens** (``--skip-tokens``, default ``__eou__`` and BERT/fairseq specials such as
+  ``[SEP]``): markup, always 0, never searched, never part of an exact match.
+- **Stopword masking** (§4.3; on by default, ``--no-stopword-masking`` is the paper's Table 9
+  ablation): a word is a *stopword* when its lower-cased text is in spaCy's ``STOP_WORDS``, is
+  a BERT contraction remnant (``s t m d ll re ve``), or has no letter or digit (punctuation,
+  symbols). Masked words get 0 and are not searched.
+- **Exact matching** (on by default): the line's lower-cased words are matched greedily left
+  to right, longest n-gram first (n ≤ ``--max-title-words``), against the knowledge base's
+  title index (``KnowledgeBase.title_index(sources)``, plus each title with punctuation split
+  off and accents removed as BERT's basic tokenizer does, so ``"l. frank baum"`` matches
+  ``l . frank ba ##um``). All words of a matched n-gram get the item's id, overriding
+  retrieval. An n-gram made only of stopwords (title "The", "It", "!") never matches,
+  whether or not masking is on; an n-gram containing a skip token never matches.
+- **Dedup**: a line identical to one mined earlier in the shard (FIFO cache of
+  ``--dedup-cache-size`` lines) or in the same chunk is not mined again; the hit rate is
+  reported. On resume the cache is rebuilt from the written output, so a resumed shard writes
+  exactly what an uninterrupted one writes.
+- **Sharding** (like ``fairseq-preprocess --workers``): shard I of N is the contiguous line
+  range ``[n·I//N, n·(I+1)//N)``. Output ``PREFIX.shard{I}of{N}.align``,
+  ``PREFIX.shard{I}of{N}.progress.json`` (rewritten atomically after every flushed chunk of
+  ``--chunk-lines`` lines: lines done, byte offset, counts) and, when the shard is complete,
+  ``PREFIX.shard{I}of{N}.stats.json``. A rerun resumes at the recorded line, truncating any
+  tail written after the recorded byte offset, and refuses to resume when the source file,
+  the index (its meta.json) or any option differs. Sharded output equals unsharded output
+  exactly for a batch-independent encoder; with BERT, padding in differently composed batches
+  changes states by float rounding only.
+
+The core (:class:`Miner`, :func:`mine_shard`) takes injected
+``word_vectors_fn(sentences: list[list[str]]) -> (vectors float32 (total_words, d),
+encoded bool (total_words,))`` and ``search_fn(queries float32 (n, d)) -> ids int64 (n,)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import unicodedata
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep.alignment_text import SUBWORD_FORMATS, format_alignment_line, words_of
+from data_prep.common import CorpusError, setup_logging
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SKIP_TOKENS = ("__eou__", "[SEP]", "[CLS]", "[PAD]", "[MASK]", "[UNK]", "<s>", "</s>", "<pad>", "<unk>")
+CONTRACTION_REMNANTS = frozenset({"s", "t", "m", "d", "ll", "re", "ve"})
+
+# per-word kinds
+SKIP, MASKED, EXACT, SEARCH, OPEN = 1, 2, 3, 4, 5  # OPEN: stopword left unmasked (--no-stopword-masking) -> searched
+
+WordVectorsFn = Callable[[list[list[str]]], "tuple[np.ndarray, np.ndarray]"]
+SearchFn = Callable[[np.ndarray], np.ndarray]
+
+COUNT_KEYS = (
+    "lines",
+    "lines_with_knowledge",
+    "tokens",
+    "tokens_with_knowledge",
+    "tokens_exact",
+    "tokens_retrieved",
+    "tokens_unresolved",
+    "tokens_masked",
+    "tokens_skip",
+    "tokens_stopword_rule",
+    "tokens_content_with_knowledge",
+    "words",
+    "dedup_hits",
+    "lines_mined",
+    "lines_encoded",
+    "words_searched",
+    "words_truncated",
+)
+
+
+@dataclass(frozen=True)
+class MiningOptions:
+    """Everything that decides the output (recorded in the progress file; a resume with any
+    difference is refused)."""
+
+    subword_format: str = "wordpiece"
+    stopword_masking: bool = True
+    exact_match: bool = True
+    exact_match_sources: tuple[str, ...] = ("wikipedia",)
+    max_title_words: int = 4
+    skip_tokens: tuple[str, ...] = DEFAULT_SKIP_TOKENS
+    batch_size: int = 64
+    chunk_lines: int = 2000
+    max_length: int = 128
+    dedup_cache_size: int = 200_000
+    nprobe: int | None = None
+    int8_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.subword_format not in SUBWORD_FORMATS:
+            raise ValueError(f"subword format must be one of {SUBWORD_FORMATS}, got {self.subword_format!r}")
+        for name in ("max_title_words", "batch_size", "chunk_lines", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dedup_cache_size < 0:
+            raise ValueError("dedup_cache_size must be >= 0")
+
+    def to_record(self) -> dict:
+        """JSON-normalised dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+# --------------------------------------------------------------------------- words and titles
+def normalize_phrase(text: str) -> str:
+    """Lower-case, strip accents, split punctuation off words, single spaces (what BERT's
+    uncased basic tokenizer does before WordPiece): ``"L. Frank Baum"`` → ``"l . frank baum"``."""
+    text = unicodedata.normalize("NFD", text.lower())
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
+    text = "".join(f" {ch} " if (unicodedata.category(ch).startswith("P") or ch in "$+<=>^`|~") else ch for ch in text)
+    return " ".join(text.split())
+
+
+def build_title_matcher(title_index: Mapping[str, int], max_title_words: int) -> dict[str, int]:
+    """``phrase -> id`` for exact matching: every key of ``title_index`` (lower-cased, single
+    spaces) of at most ``max_title_words`` words, then each key's :func:`normalize_phrase`
+    variant where that is new (smallest id wins among variants)."""
+    matcher: dict[str, int] = {}
+    for key, item_id in title_index.items():
+        key = " ".join(key.lower().split())
+        if key and len(key.split(" ")) <= max_title_words:
+            matcher.setdefault(key, int(item_id))
+    for key, item_id in sorted(title_index.items(), key=lambda kv: kv[1]):
+        norm = normalize_phrase(key)
+        if norm and len(norm.split(" ")) <= max_title_words:
+            matcher.setdefault(norm, int(item_id))
+    return matcher
+
+
+def default_stopwords() -> frozenset[str]:
+    """spaCy's English ``STOP_WORDS`` plus BERT contraction remnants."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return frozenset(STOP_WORDS) | CONTRACTION_REMNANTS
+
+
+def is_stopword(word: str, stopwords: frozenset[str]) -> bool:
+    """Stopword rule: in ``stopwords`` (lower-cased) or without any letter/digit."""
+    return word.lower() in stopwords or not any(ch.isalnum() for ch in word)
+
+
+def exact_match_ids(
+    words_lower: Sequence[str], matcher: Mapping[str, int], max_n: int, stop: Sequence[bool], skip: Sequence[bool]
+) -> np.ndarray:
+    """Greedy left-to-right, longest-first n-gram title matching. Returns int64 ``(W,)``:
+    the matched item id per word, 0 where none. Stopword-only n-grams and n-grams containing
+    a skip word are not allowed."""
+    w = len(words_lower)
+    out = np.zeros(w, dtype=np.int64)
+    i = 0
+    while i < w:
+        matched = 0
+        for n in range(min(max_n, w - i), 0, -1):
+            if any(skip[i : i + n]) or all(stop[i : i + n]):
+                continue
+            item = matcher.get(" ".join(words_lower[i : i + n]))
+            if item:
+                out[i : i + n] = item
+                matched = n
+                break
+        i += matched or 1
+    return out
+
+
+@dataclass
+class LinePlan:
+    """A line's words and what to do with each: ``kind`` uint8 ``(W,)`` (SKIP, MASKED, EXACT,
+    SEARCH, OPEN), ``exact`` int64 ``(W,)`` exact-match ids, ``stop`` bool ``(W,)`` (stopword
+    rule, regardless of masking), ``spans`` token ranges of the words."""
+
+    n_tokens: int
+    words: list[str]
+    spans: list[tuple[int, int]]
+    kind: np.ndarray
+    exact: np.ndarray
+    stop: np.ndarray
+
+    @property
+    def searched(self) -> np.ndarray:
+        """bool ``(W,)``: words that go to the index."""
+        return (self.kind == SEARCH) | (self.kind == OPEN)
+
+
+class LineCache:
+    """FIFO cache ``line -> ids`` of at most ``size`` lines (0 = off). Lookups do not reorder,
+    so replaying the same sequence of inserts rebuilds the same state."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._d: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, line: str) -> np.ndarray | None:
+        return self._d.get(line)
+
+    def put(self, line: str, ids: np.ndarray) -> None:
+        if self.size == 0 or line in self._d:
+            return
+        self._d[line] = ids
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def faiss_search_fn(index, batch: int = 8192) -> SearchFn:
+    """``search_fn`` over a faiss index: top-1 id per query row (float32 ``(n, d)``), int64
+    ``(n,)``; faiss's ``-1`` (nothing found, e.g. empty IVF probes) becomes 0."""
+
+    def search(queries: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(queries), dtype=np.int64)
+        for s in range(0, len(queries), batch):
+            _, ids = index.search(np.ascontiguousarray(queries[s : s + batch], dtype=np.float32), 1)
+            out[s : s + batch] = np.maximum(ids[:, 0], 0)
+        return out
+
+    return search
+
+
+class Miner:
+    """Mines one chunk of lines at a time (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        word_vectors_fn: WordVectorsFn,
+        search_fn: SearchFn,
+        options: MiningOptions,
+        title_index: Mapping[str, int] | None = None,
+        stopwords: frozenset[str] | None = None,
+    ):
+        self.word_vectors_fn = word_vectors_fn
+        self.search_fn = search_fn
+        self.options = options
+        self.stopwords = default_stopwords() if stopwords is None else stopwords
+        self.skip_tokens = frozenset(options.skip_tokens)
+        self.matcher = build_title_matcher(title_index or {}, options.max_title_words) if options.exact_match else {}
+        self.encode_s = 0.0
+        self.search_s = 0.0
+
+    def plan(self, line: str) -> LinePlan:
+        """Group a line into words and decide each word's kind (no encoder call)."""
+        tokens = line.split()
+        words, spans = words_of(tokens, self.options.subword_format)
+        skip = [w in self.skip_tokens for w in words]
+        stop = [is_stopword(w, self.stopwords) for w in words]
+        kind = np.full(len(words), SEARCH, dtype=np.uint8)
+        for j, (sk, st) in enumerate(zip(skip, stop)):
+            if sk:
+                kind[j] = SKIP
+            elif st:
+                kind[j] = MASKED if self.options.stopword_masking else OPEN
+        if self.matcher:
+            exact = exact_match_ids([w.lower() for w in words], self.matcher, self.options.max_title_words, stop, skip)
+            kind[exact > 0] = EXACT
+        else:
+            exact = np.zeros(len(words), dtype=np.int64)
+        return LinePlan(len(tokens), words, spans, kind, exact, np.asarray(stop, dtype=bool))
+
+    def mine_plans(self, plans: Sequence[LinePlan], counts: dict[str, int]) -> list[np.ndarray]:
+        """Word ids int64 ``(W,)`` per plan: exact ids, retrieved ids for searched words, 0 else.
+        Lines are encoded in batches of ``batch_size`` sorted by word count."""
+        word_ids = [p.exact.copy() for p in plans]
+        todo = [i for i, p in enumerate(plans) if p.searched.any()]
+        todo.sort(key=lambda i: (-len(plans[i].words), i))
+        counts["lines_encoded"] += len(todo)
+        queries: list[np.ndarray] = []
+        targets: list[tuple[int, np.ndarray]] = []
+        bs = self.options.batch_size
+        t0 = time.perf_counter()
+        for b in range(0, len(todo), bs):
+            batch = todo[b : b + bs]
+            sentences = [list(plans[i].words) for i in batch]
+            vectors, encoded = self.word_vectors_fn(sentences)
+            total = sum(len(s) for s in sentences)
+            if len(vectors) != total or len(encoded) != total:
+                raise ValueError(f"word encoder returned {len(vectors)} vectors / {len(encoded)} flags for {total} words")
+            offset = 0
+            for i, sent in zip(batch, sentences):
+                rows = slice(offset, offset + len(sent))
+                want = plans[i].searched
+                ok = want & np.asarray(encoded[rows], dtype=bool)
+                counts["words_searched"] += int(ok.sum())
+                counts["words_truncated"] += int((want & ~ok).sum())
+                if ok.any():
+                    queries.append(np.asarray(vectors[rows], dtype=np.float32)[ok])
+                    targets.append((i, np.flatnonzero(ok)))
+                offset += len(sent)
+        t1 = time.perf_counter()
+        self.encode_s += t1 - t0
+        if queries:
+            found = self.search_fn(np.concatenate(queries))
+            pos = 0
+            for i, where in targets:
+                word_ids[i][where] = found[pos : pos + len(where)]
+                pos += len(where)
+        self.search_s += time.perf_counter() - t1
+        return word_ids
+
+
+def token_ids(plan: LinePlan, word_ids: np.ndarray) -> np.ndarray:
+    """Spread word ids over their subword tokens: int64 ``(n_tokens,)``."""
+    out = np.zeros(plan.n_tokens, dtype=np.int64)
+    for (s, e), wid in zip(plan.spans, word_ids):
+        out[s:e] = wid
+    return out
+
+
+def count_line(plan: LinePlan, ids: np.ndarray, counts: dict[str, int]) -> None:
+    """Add one output line's token categories to ``counts`` (derivable from plan + ids, so
+    identical for mined, cached and replayed lines)."""
+    counts["lines"] += 1
+    counts["tokens"] += plan.n_tokens
+    counts["words"] += len(plan.words)
+    has = int((ids > 0).sum())
+    counts["tokens_with_knowledge"] += has
+    counts["lines_with_knowledge"] += int(has > 0)
+    for (s, e), kind, st in zip(plan.spans, plan.kind, plan.stop):
+        n = e - s
+        if kind == SKIP:
+            counts["tokens_skip"] += n
+        else:
+            counts["tokens_stopword_rule"] += n * int(st)
+            counts["tokens_content_with_knowledge"] += n * int(not st and ids[s] > 0)
+            if kind == MASKED:
+                counts["tokens_masked"] += n
+            elif kind == EXACT:
+                counts["tokens_exact"] += n
+            elif ids[s] > 0:
+                counts["tokens_retrieved"] += n
+            else:
+                counts["tokens_unresolved"] += n
+
+
+def new_counts() -> dict[str, int]:
+    return {k: 0 for k in COUNT_KEYS}
+
+
+def mine_chunk(lines: Sequence[str], miner: Miner, cache: LineCache, counts: dict[str, int]) -> list[np.ndarray]:
+    """Token ids int64 ``(n_tokens,)`` for each line of a chunk; identical lines (in the chunk
+    or in ``cache``) are mined once; newly mined lines are added to ``cache`` in order."""
+    pending: dict[str, LinePlan] = {}
+    plans: list[LinePlan] = []
+    for line in lines:
+        plan = miner.plan(line)
+        plans.append(plan)
+        if cache.get(line) is None and line not in pending:
+            pending[line] = plan
+    mined = miner.mine_plans(list(pending.values()), counts)
+    fresh = {line: token_ids(plan, wids) for (line, plan), wids in zip(pending.items(), mined)}
+    counts["lines_mined"] += len(fresh)
+    out = []
+    for line, plan in zip(lines, plans):
+        ids = fresh.get(line)
+        if ids is None:
+            ids = cache.get(line)
+        out.append(ids)
+        count_line(plan, ids, counts)
+    counts["dedup_hits"] += len(lines) - len(fresh)
+    for line, ids in fresh.items():
+        cache.put(line, ids)
+    return out
+
+
+def replay_cache(lines: Sequence[str], rows: Sequence[np.ndarray], cache: LineCache, chunk_lines: int) -> None:
+    """Rebuild the dedup cache from already written output, in the same chunk order and
+    insert order as :func:`mine_chunk` (for exact resumes)."""
+    for s in range(0, len(lines), chunk_lines):
+        pending: dict[str, np.ndarray] = {}
+        for line, ids in zip(lines[s : s + chunk_lines], rows[s : s + chunk_lines]):
+            if cache.get(line) is None and line not in pending:
+                pending[line] = ids
+        for line, ids in pending.items():
+            cache.put(line, ids)
+
+
+# --------------------------------------------------------------------------- shards
+def shard_range(n_lines: int, num_shards: int, shard_id: int) -> tuple[int, int]:
+    """Balanced contiguous line range ``[start, end)`` of shard ``shard_id`` of ``num_shards``."""
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"need 0 <= shard-id < num-shards, got shard {shard_id} of {num_shards}")
+    return n_lines * shard_id // num_shards, n_lines * (shard_id + 1) // num_shards
+
+
+def strip_prefix(prefix: str) -> str:
+    """``x.align`` → ``x`` (both commands accept either)."""
+    return prefix[: -len(".align")] if prefix.endswith(".align") else prefix
+
+
+def shard_paths(prefix: str, num_shards: int, shard_id: int) -> dict[str, str]:
+    """``align``, ``progress`` and ``stats`` paths of a shard."""
+    base = f"{strip_prefix(prefix)}.shard{shard_id}of{num_shards}"
+    return {"align": base + ".align", "progress": base + ".progress.json", "stats": base + ".stats.json"}
+
+
+def read_source_lines(path: str | os.PathLike) -> list[str]:
+    """Lines of a source file (same line splitting as ``read_alignments``)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def source_fingerprint(path: str | os.PathLike, n_lines: int) -> dict:
+    from data_prep.ki_index import file_sha256
+
+    return {"path": os.path.abspath(os.fspath(path)), "size": os.path.getsize(path), "sha256": file_sha256(path), "lines": n_lines}
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Write JSON to ``path + '.tmp'``, fsync, rename over ``path``."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+RECORD_KEYS = ("format", "source", "index", "options", "num_shards", "shard_id", "start_line", "end_line")
+
+
+def _record_mismatch(old: dict, new: dict) -> list[str]:
+    diffs = []
+    for key in RECORD_KEYS:
+        a, b = old.get(key), new.get(key)
+        if key == "source" and isinstance(a, dict) and isinstance(b, dict):
+            # the path may move; the content decides
+            a = {k: v for k, v in a.items() if k != "path"}
+            b = {k: v for k, v in b.items() if k != "path"}
+        if key == "index" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = a.get("meta_sha256"), b.get("meta_sha256")
+        if a != b:
+            if key == "options" and isinstance(a, dict) and isinstance(b, dict):
+                diffs += [f"option {k}: recorded {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            else:
+                diffs.append(f"{key}: recorded {a!r}, now {b!r}")
+    return diffs
+
+
+def summarize(counts: Mapping[str, int]) -> dict:
+    """Shares derived from summed counts."""
+    tok = max(counts["tokens"], 1)
+    content = max(counts["tokens"] - counts["tokens_stopword_rule"] - counts["tokens_skip"], 1)
+    with_k = max(counts["tokens_with_knowledge"], 1)
+    return {
+        "share_tokens_with_knowledge": counts["tokens_with_knowledge"] / tok,
+        "share_content_tokens_with_knowledge": counts["tokens_content_with_knowledge"] / content,
+        "share_lines_with_knowledge": counts["lines_with_knowledge"] / max(counts["lines"], 1),
+        "share_knowledge_tokens_exact": counts["tokens_exact"] / with_k,
+        "share_knowledge_tokens_retrieved": counts["tokens_retrieved"] / with_k,
+        "dedup_hit_rate": counts["dedup_hits"] / max(counts["lines"], 1),
+    }
+
+
+def mine_shard(
+    source: str | os.PathLike,
+    output_prefix: str,
+    miner: Miner,
+    index_fingerprint: dict,
+    num_shards: int = 1,
+    shard_id: int = 0,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+) -> dict:
+    """Mine (or resume) one shard; returns the shard's stats (also written to its
+    ``.stats.json`` when complete). ``stop_after_chunks`` (tests) returns after that many
+    chunks without completing, as if killed."""
+    source = os.fspath(source)
+    options = miner.options
+    lines = read_source_lines(source)
+    start, end = shard_range(len(lines), num_shards, shard_id)
+    paths = shard_paths(output_prefix, num_shards, shard_id)
+    record = {
+        "format": 1,
+        "source": source_fingerprint(source, len(lines)),
+        "index": index_fingerprint,
+        "options": options.to_record(),
+        "num_shards": num_shards,
+        "shard_id": shard_id,
+        "start_line": start,
+        "end_line": end,
+    }
+    cache = LineCache(options.dedup_cache_size)
+    os.makedirs(os.path.dirname(os.path.abspath(paths["align"])), exist_ok=True)
+    if os.path.exists(paths["progress"]):
+        with open(paths["progress"], encoding="utf-8") as f:
+            state = json.load(f)
+        diffs = _record_mismatch(state, record)
+        if diffs:
+            raise ValueError(
+                f"{paths['progress']}: cannot resume, the run differs from the recorded one: "
+                + "; ".join(diffs)
+                + f". Delete {paths['progress']} and {paths['align']} to start this shard over."
+            )
+        if not os.path.exists(paths["align"]) or os.path.getsize(paths["align"]) < state["byte_offset"]:
+            raise CorpusError(paths["align"], f"shorter than the {state['byte_offset']} bytes recorded in {paths['progress']}; delete both to start over")
+        with open(paths["align"], "r+b") as f:
+            f.truncate(state["byte_offset"])
+        if state.get("complete"):
+            logger.info("shard %d of %d already complete (%s)", shard_id, num_shards, paths["align"])
+            with open(paths["stats"], encoding="utf-8") as f:
+                return json.load(f)
+        done = state["lines_done"]
+        with open(paths["align"], encoding="utf-8") as f:
+            written = f.read().split("\n")[:-1] if state["byte_offset"] else []
+        if len(written) != done:
+            raise CorpusError(paths["align"], f"{len(written)} lines before byte {state['byte_offset']} but {paths['progress']} records {done}")
+        rows = [np.asarray([int(x) for x in w.split()], dtype=np.int64) for w in written]
+        replay_cache(lines[start : start + done], rows, cache, options.chunk_lines)
+        logger.info("resuming shard %d of %d at line %d of %d", shard_id, num_shards, start + done, end)
+    else:
+        if os.path.exists(paths["align"]):
+            logger.warning("%s exists without a progress file: overwriting it", paths["align"])
+        state = {**record, "lines_done": 0, "byte_offset": 0, "counts": new_counts(), "elapsed_s": 0.0, "complete": False}
+        open(paths["align"], "w").close()
+        write_json_atomic(paths["progress"], state)
+    base_counts = {k: state["counts"].get(k, 0) for k in COUNT_KEYS}
+    counts = dict(base_counts)
+    run_counts = new_counts()
+    miner.encode_s = miner.search_s = 0.0
+    t0 = time.perf_counter()
+    chunks_done = 0
+    with open(paths["align"], "ab") as out, tqdm(
+        total=end - start, initial=state["lines_done"], desc=f"mine shard {shard_id}/{num_shards}", unit="line", disable=not progress
+    ) as bar:
+        pos = start + state["lines_done"]
+        while pos < end:
+            if stop_after_chunks is not None and chunks_done >= stop_after_chunks:
+                logger.info("stopping after %d chunk(s) (test hook)", chunks_done)
+                return {"stopped_at_line": pos}
+            chunk = lines[pos : min(pos + options.chunk_lines, end)]
+            ids = mine_chunk(chunk, miner, cache, run_counts)
+            out.write("".join(format_alignment_line(r) + "\n" for r in ids).encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())
+            pos += len(chunk)
+            chunks_done += 1
+            for k in COUNT_KEYS:
+                counts[k] = base_counts[k] + run_counts[k]
+            state.update(lines_done=pos - start, byte_offset=out.tell(), counts=counts, elapsed_s=state["elapsed_s"])
+            write_json_atomic(paths["progress"], {**state, "elapsed_s": state["elapsed_s"] + time.perf_counter() - t0})
+            bar.update(len(chunk))
+    elapsed = time.perf_counter() - t0
+    state.update(complete=True, elapsed_s=state["elapsed_s"] + elapsed)
+    stats = {
+        "shard_id": shard_id,
+        "num_shards": num_shards,
+        "lines": [start, end],
+        "counts": counts,
+        **summarize(counts),
+        "this_run": {
+            "lines": run_counts["lines"],
+            "tokens": run_counts["tokens"],
+            "seconds": round(elapsed, 3),
+            "tokens_per_s": run_counts["tokens"] / elapsed if elapsed > 0 else None,
+            "lines_per_s": run_counts["lines"] / elapsed if elapsed > 0 else None,
+            "encode_s": round(miner.encode_s, 3),
+            "search_s": round(miner.search_s, 3),
+            "other_s": round(elapsed - miner.encode_s - miner.search_s, 3),
+        },
+        "options": options.to_record(),
+    }
+    write_json_atomic(paths["stats"], stats)
+    write_json_atomic(paths["progress"], state)
+    logger.info(
+        "shard %d/%d: %d lines, %d tokens in %.1fs (%.0f tokens/s, %.1f lines/s; encode %.1fs, search %.1fs); "
+        "%.1f%% tokens with knowledge (%.1f%% of content tokens), dedup hit rate %.1f%%",
+        shard_id, num_shards, run_counts["lines"], run_counts["tokens"], elapsed,
+        run_counts["tokens"] / max(elapsed, 1e-9), run_counts["lines"] / max(elapsed, 1e-9), miner.encode_s, miner.search_s,
+        100 * stats["share_tokens_with_knowledge"], 100 * stats["share_content_tokens_with_knowledge"], 100 * stats["dedup_hit_rate"],
+    )
+    return stats
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ki-mine",
+        description="Mine token-level knowledge ids (one per source token, 0 = none) with a trained retriever and a "
+        "ki-encode-knowledge index; resumable, shardable.",
+    )
+    p.add_argument("--source", required=True, help="tokenised source file (one dialogue context per line)")
+    p.add_argument("--index", required=True, help="index directory from ki-encode-knowledge")
+    p.add_argument("--knowledge-base", required=True, help="knowledge base directory (titles for exact matching; must be the indexed one)")
+    p.add_argument("--retriever", required=True, help="retriever directory (must be the one the index was built with)")
+    p.add_argument("--output", required=True, help="output prefix: writes PREFIX.shard{I}of{N}.align/.progress.json/.stats.json")
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard-id", type=int, default=0)
+    p.add_argument("--subword-format", choices=SUBWORD_FORMATS, default="wordpiece")
+    p.add_argument("--no-stopword-masking", action="store_true", help="search stopwords and punctuation too (Table 9 ablation)")
+    p.add_argument("--no-exact-match", action="store_true", help="do not match titles exactly (Table 9 ablation)")
+    p.add_argument("--exact-match-sources", nargs="+", default=["wikipedia"], help="knowledge-base sources whose titles are matched")
+    p.add_argument("--max-title-words", type=int, default=4)
+    p.add_argument("--skip-tokens", default=" ".join(DEFAULT_SKIP_TOKENS), help="space-separated markup tokens never aligned")
+    p.add_argument("--batch-size", type=int, default=64, help="lines per encoder batch")
+    p.add_argument("--chunk-lines", type=int, default=2000, help="lines per flushed chunk (resume granularity)")
+    p.add_argument("--max-length", type=int, default=128, help="encoder truncation (WordPieces); cut words get 0 and are counted")
+    p.add_argument("--dedup-cache-size", type=int, default=200_000, help="lines remembered for dedup (0 = within a chunk only)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (IVF indexes only)")
+    p.add_argument("--gpu", choices=("auto", "no"), default="auto", help="faiss GPU search")
+    p.add_argument(
+        "--int8-encoder",
+        action="store_true",
+        help="CPU speed-up: dynamic int8 quantization of the token encoder's Linear layers (approximate; "
+        "the index is unchanged)",
+    )
+    p.add_argument("--device", default="auto", help="torch device for the retriever (auto = cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="torch/faiss CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def quantize_token_encoder(retriever) -> None:
+    """Replace ``retriever.token_encoder`` by its dynamically int8-quantized copy (CPU only)."""
+    import torch
+
+    if retriever.device.type != "cpu":
+        raise ValueError("--int8-encoder is a CPU option (dynamic quantization); use --device cpu")
+    retriever.token_encoder = torch.ao.quantization.quantize_dynamic(retriever.token_encoder, {torch.nn.Linear}, dtype=torch.qint8)
+    logger.info("token encoder quantized to int8 (dynamic, Linear layers)")
+
+
+def options_from_args(args: argparse.Namespace) -> MiningOptions:
+    return MiningOptions(
+        subword_format=args.subword_format,
+        stopword_masking=not args.no_stopword_masking,
+        exact_match=not args.no_exact_match,
+        exact_match_sources=tuple(args.exact_match_sources),
+        max_title_words=args.max_title_words,
+        skip_tokens=tuple(args.skip_tokens.split()),
+        batch_size=args.batch_size,
+        chunk_lines=args.chunk_lines,
+        max_length=args.max_length,
+        dedup_cache_size=args.dedup_cache_size,
+        nprobe=args.nprobe,
+        int8_encoder=args.int8_encoder,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from data_prep import ki_index
+
+    ki_index.set_threads(args.threads)
+    options = options_from_args(args)
+    from data_prep.knowledge_base import load_knowledge_base
+    from data_prep.ki_retriever import TokenKnowledgeRetriever
+
+    meta = ki_index.read_meta(args.index)
+    kb = load_knowledge_base(args.knowledge_base)
+    ki_index.check_index_matches(
+        meta, kb_fp=ki_index.kb_fingerprint(args.knowledge_base), retriever_fp=ki_index.dir_fingerprint(args.retriever), n_items=len(kb)
+    )
+    index, meta = ki_index.load_index(args.index, gpu=args.gpu, nprobe=args.nprobe)
+    retriever = TokenKnowledgeRetriever.load(args.retriever, device=ki_index.resolve_device(args.device))
+    if options.int8_encoder:
+        quantize_token_encoder(retriever)
+    if retriever.projection_dim != meta["projection_dim"]:
+        raise ValueError(f"retriever projection_dim {retriever.projection_dim} != index {meta['projection_dim']}")
+    title_index = kb.title_index(sources=tuple(args.exact_match_sources)) if options.exact_match else {}
+    logger.info("%d titles for exact matching from sources %s", len(title_index), args.exact_match_sources)
+
+    def word_vectors_fn(sentences: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        return retriever.encode_words(sentences, max_length=options.max_length, batch_size=options.batch_size)
+
+    miner = Miner(word_vectors_fn, faiss_search_fn(index), options, title_index=title_index)
+    index_fp = {"path": os.path.abspath(args.index), "meta_sha256": ki_index.meta_sha256(args.index)}
+    return mine_shard(args.source, args.output, miner, index_fp, args.num_shards, args.shard_id, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()
