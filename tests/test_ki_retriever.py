@@ -193,13 +193,13 @@ def eval_loss(model, sentences) -> float:
 
 
 def test_training_decreases_loss_and_is_deterministic(tiny_bert):
-    config = TrainConfig(batch_size=4, max_steps=12, lr=1e-3, projection_lr=1e-2, warmup_ratio=0.0, seed=3)
+    config = TrainConfig(batch_size=4, max_steps=8, lr=1e-3, projection_lr=1e-2, warmup_ratio=0.0, seed=3)
     model = make_model(tiny_bert)
     sentences = prepare_sentences(model.tokenizer, TOY)
     before = eval_loss(model, sentences)
     result = train_retriever(model, sentences, config, progress=False)
     after = eval_loss(model, sentences)
-    assert result.steps == 12 and len(result.losses) == 12
+    assert result.steps == 8 and len(result.losses) == 8
     assert after < 0.5 * before
     acc = validation_accuracy(model, sentences, batch_size=4, max_length=64)
     assert acc["tokens"] == sum(sum(s.trainable) for s in sentences)
@@ -210,8 +210,8 @@ def test_training_decreases_loss_and_is_deterministic(tiny_bert):
     for p, q in zip(model.parameters(), again.parameters()):
         assert torch.equal(p, q)
     other = make_model(tiny_bert)
-    config.seed = 4
-    assert train_retriever(other, sentences, config, progress=False).losses != result.losses
+    config.seed, config.max_steps = 4, 2
+    assert train_retriever(other, sentences, config, progress=False).losses != result.losses[:2]
 
 
 def test_read_sentences_formats_and_errors(tmp_path):
