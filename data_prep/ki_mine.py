@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from data_prep.alignment_text import SUBWORD_FORMATS, format_alignment_line, words_of
 from data_prep.common import CorpusError, setup_logging
+from data_prep.stop_words import english_stop_words, is_stopword
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +150,7 @@ def build_title_matcher(title_index: Mapping[str, int], max_title_words: int) ->
 
 def default_stopwords() -> frozenset[str]:
     """spaCy's English ``STOP_WORDS`` plus BERT contraction remnants."""
-    from spacy.lang.en.stop_words import STOP_WORDS
-
-    return frozenset(STOP_WORDS) | CONTRACTION_REMNANTS
-
-
-def is_stopword(word: str, stopwords: frozenset[str]) -> bool:
-    """Stopword rule: in ``stopwords`` (lower-cased) or without any letter/digit."""
-    return word.lower() in stopwords or not any(ch.isalnum() for ch in word)
+    return english_stop_words() | CONTRACTION_REMNANTS
 
 
 def exact_match_ids(

@@ -47,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 from data_prep.common import CorpusError, setup_logging
+from data_prep.stop_words import english_stop_words, is_stopword
 from data_prep.ki_retriever import TokenKnowledgeRetriever, default_bert_path
 
 logger = logging.getLogger(__name__)
@@ -120,22 +121,13 @@ def split_words(tokenizer, text: str) -> list[str]:
     return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
 
 
-def is_content_word(word: str, stop_words: frozenset[str] | set[str]) -> bool:
-    """False for stop words (case-insensitive) and words without a letter or digit."""
-    return any(c.isalnum() for c in word) and word.lower() not in stop_words
-
-
 def prepare_sentences(tokenizer, texts: Sequence[str], skip_stopwords: bool = True) -> list[TrainingSentence]:
     """Split each text into words and mark the words that train."""
-    stop: frozenset[str] = frozenset()
-    if skip_stopwords:
-        from spacy.lang.en.stop_words import STOP_WORDS
-
-        stop = frozenset(STOP_WORDS)
+    stop = english_stop_words() if skip_stopwords else frozenset()
     out = []
     for text in texts:
         words = split_words(tokenizer, text)
-        trainable = tuple(is_content_word(w, stop) if skip_stopwords else True for w in words)
+        trainable = tuple(not is_stopword(w, stop) if skip_stopwords else True for w in words)
         out.append(TrainingSentence(text, tuple(words), trainable))
     return out
 

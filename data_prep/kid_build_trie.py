@@ -46,7 +46,8 @@ from tqdm import tqdm
 from data_prep.common import CorpusError, setup_logging
 from data_prep.kid_collection import Passage, add_collection_arguments, collection_from_args, index_by_id
 from data_prep.kid_retrieve import read_contexts
-from data_prep.kid_triples import DEFAULT_SPACY_MODEL, Triple, english_stop_words, extract_triples_batch, load_spacy
+from data_prep.kid_triples import DEFAULT_SPACY_MODEL, Triple, extract_triples_batch, load_spacy
+from data_prep.stop_words import english_stop_words
 
 logger = logging.getLogger(__name__)
 

@@ -85,6 +85,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
+from data_prep.stop_words import english_stop_words
+
 logger = logging.getLogger(__name__)
 
 Triple = tuple[str, str, str]
@@ -101,13 +103,6 @@ NEUTER = frozenset({"it", "its", "itself"})
 PLURAL = frozenset({"they", "them", "their", "theirs", "themselves"})
 PRONOUNS = MALE_FEMALE | NEUTER | PLURAL
 NON_REFERRING_ENTS = frozenset({"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL"})
-
-
-def english_stop_words() -> frozenset:
-    """spaCy's English stop words, lower-cased (the list the decoder's WordNormalizer uses)."""
-    from spacy.lang.en.stop_words import STOP_WORDS
-
-    return frozenset(w.lower() for w in STOP_WORDS)
 
 
 def load_spacy(name: str = DEFAULT_SPACY_MODEL) -> Any:

@@ -52,7 +52,6 @@ import os
 import re
 import time
 from collections import Counter
-from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Iterator
 
@@ -61,6 +60,7 @@ from tqdm import tqdm
 
 from data_prep.cmu_dog_source import CmuDogSource, documents_of
 from data_prep.common import CorpusError, SkipCounter, one_line, setup_logging, write_stats
+from data_prep.stop_words import english_stop_words
 
 logger = logging.getLogger(__name__)
 
@@ -173,14 +173,6 @@ _OPENERS = "\"'\u201c\u2018([\u00bf\u00a1"
 _CLOSERS_AND_OPENERS = "\"'\u201c\u201d\u2018\u2019()[]"
 
 
-@lru_cache(maxsize=1)
-def _stop_words() -> frozenset[str]:
-    """spaCy's English stop words (imported on first use: importing spaCy takes seconds)."""
-    from spacy.lang.en.stop_words import STOP_WORDS
-
-    return frozenset(STOP_WORDS)
-
-
 def _previous_word(text: str, end: int) -> str:
     """The word before position ``end`` (a terminal ``.``), without leading brackets/quotes."""
     start = end
@@ -215,7 +207,7 @@ def _is_boundary(text: str, punct_start: int, punct: str, after: int) -> bool:
     if low in _ABBREV_SOFT or _DOTTED_RE.match(word) or (len(word) == 1 and word.isalpha() and word.isupper()):
         soft = True
     if soft:
-        return nxt.lower() in _stop_words()
+        return nxt.lower() in english_stop_words()
     return True
 
 

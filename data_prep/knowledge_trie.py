@@ -46,6 +46,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
+from data_prep.stop_words import english_stop_words
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -70,11 +72,9 @@ class WordNormalizer:
         from nltk.stem.porter import PorterStemmer
 
         self._stemmer = PorterStemmer()
-        if stop_words is None:
-            from spacy.lang.en.stop_words import STOP_WORDS
-
-            stop_words = STOP_WORDS
-        self.stop_words: frozenset = frozenset(w.lower() for w in stop_words)
+        self.stop_words: frozenset = (
+            english_stop_words() if stop_words is None else frozenset(w.lower() for w in stop_words)
+        )
         self._stem_cache: Dict[str, str] = {}
 
     @staticmethod
