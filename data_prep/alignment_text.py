@@ -46,21 +46,25 @@ def parse_alignment_line(
     return np.asarray([int(f) for f in fields], dtype=np.int64)
 
 
+def read_text_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file split on ``\n`` only (a final newline ends the last line,
+    it does not start an empty one), so line numbers agree with ``wc -l`` and fairseq-preprocess."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def read_alignments(align_path: str | os.PathLike, source_path: str | os.PathLike | None = None) -> list[np.ndarray]:
     """All lines of ``align_path`` as ``int64`` arrays, validated one-to-one against
     ``source_path`` (same number of lines, one id per token) when it is given."""
     align_path = os.fspath(align_path)
-    with open(align_path, encoding="utf-8") as f:
-        align_lines = f.read().split("\n")
-    if align_lines and align_lines[-1] == "":
-        align_lines.pop()
+    align_lines = read_text_lines(align_path)
     if source_path is None:
         return [parse_alignment_line(line, align_path, i + 1) for i, line in enumerate(align_lines)]
     source_path = os.fspath(source_path)
-    with open(source_path, encoding="utf-8") as f:
-        source_lines = f.read().split("\n")
-    if source_lines and source_lines[-1] == "":
-        source_lines.pop()
+    source_lines = read_text_lines(source_path)
     if len(source_lines) != len(align_lines):
         raise CorpusError(
             align_path, f"{len(align_lines)} alignment lines but {source_path} has {len(source_lines)} lines"

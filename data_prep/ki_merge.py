@@ -29,9 +29,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.alignment_text import read_alignments
+from data_prep.alignment_text import read_alignments, read_text_lines
 from data_prep.common import CorpusError, setup_logging
-from data_prep.ki_mine import COUNT_KEYS, read_source_lines, shard_paths, strip_prefix, summarize, write_json_atomic
+from data_prep.ki_mine import COUNT_KEYS, shard_paths, strip_prefix, summarize, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def merge_shards(output: str, num_shards: int, source: str | None = None, progre
                     out.write(block)
     os.replace(tmp, out_path)
     rows = read_alignments(out_path, source)
-    source_lines = read_source_lines(source)
+    source_lines = read_text_lines(source)
     counts = {k: sum(st["counts"].get(k, 0) for st in states) for k in COUNT_KEYS}
     if counts["lines"] != len(rows) or counts["tokens"] != sum(len(r) for r in rows):
         raise ValueError(f"shard counts ({counts['lines']} lines, {counts['tokens']} tokens) do not add up to {out_path}")

@@ -54,7 +54,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.alignment_text import SUBWORD_FORMATS, format_alignment_line, words_of
+from data_prep.alignment_text import SUBWORD_FORMATS, format_alignment_line, read_text_lines, words_of
 from data_prep.common import CorpusError, setup_logging
 from data_prep.stop_words import english_stop_words, is_stopword
 
@@ -406,15 +406,6 @@ def shard_paths(prefix: str, num_shards: int, shard_id: int) -> dict[str, str]:
     return {"align": base + ".align", "progress": base + ".progress.json", "stats": base + ".stats.json"}
 
 
-def read_source_lines(path: str | os.PathLike) -> list[str]:
-    """Lines of a source file (same line splitting as ``read_alignments``)."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
 def source_fingerprint(path: str | os.PathLike, n_lines: int) -> dict:
     from data_prep.ki_index import file_sha256
 
@@ -482,7 +473,7 @@ def mine_shard(
     chunks without completing, as if killed."""
     source = os.fspath(source)
     options = miner.options
-    lines = read_source_lines(source)
+    lines = read_text_lines(source)
     start, end = shard_range(len(lines), num_shards, shard_id)
     paths = shard_paths(output_prefix, num_shards, shard_id)
     record = {
