@@ -290,12 +290,20 @@ def wiki_summaries_items(path: str | os.PathLike, skips: SkipCounter | None = No
         extract = article.get("extract")
         if not isinstance(title, str) or not isinstance(extract, str):
             raise CorpusError(path, f"article {key!r}: expected string 'title' and 'extract'")
-        title = one_line(title)
-        sentence = first_sentence(extract)
-        if not title or not sentence:
-            _skip(skips, "wikipedia: empty title or text", f"{path} article {key!r}")
-            continue
-        yield KnowledgeItem("wikipedia", title, sentence)
+        item = _wikipedia_item(title, extract, skips, f"{path} article {key!r}")
+        if item is not None:
+            yield item
+
+
+def _wikipedia_item(title: str, text: str, skips: SkipCounter | None, where: str) -> KnowledgeItem | None:
+    """Title + first sentence of ``text`` as a ``wikipedia`` item; None (a counted skip) when
+    either is empty."""
+    title = one_line(title)
+    sentence = first_sentence(text)
+    if not title or not sentence:
+        _skip(skips, "wikipedia: empty title or text", where)
+        return None
+    return KnowledgeItem("wikipedia", title, sentence)
 
 
 def wiki_jsonl_items(path: str | os.PathLike, skips: SkipCounter | None = None) -> Iterator[KnowledgeItem]:
@@ -317,12 +325,9 @@ def wiki_jsonl_items(path: str | os.PathLike, skips: SkipCounter | None = None) 
             title, text = obj.get("title"), obj.get("text")
             if not isinstance(title, str) or not isinstance(text, str):
                 raise CorpusError(path, "expected string fields 'title' and 'text'", line_no)
-            title = one_line(title)
-            sentence = first_sentence(text)
-            if not title or not sentence:
-                _skip(skips, "wikipedia: empty title or text", f"{path}:{line_no}")
-                continue
-            yield KnowledgeItem("wikipedia", title, sentence)
+            item = _wikipedia_item(title, text, skips, f"{path}:{line_no}")
+            if item is not None:
+                yield item
 
 
 _ADJ_MARKER_RE = re.compile(r"\((?:a|p|ip)\)$")
