@@ -1,7 +1,10 @@
 """The label-smoothed MLE term shared by the plugin's criteria (ND, UL, NT)."""
-from typing import Any, Tuple
+import math
+from typing import Any, Callable, Sequence, Tuple
 
+from fairseq import utils
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+from fairseq.logging import metrics
 from torch import Tensor
 
 
@@ -21,3 +24,21 @@ def label_smoothed_mle(
     )
     sample_size = sample["target"].size(0) if sentence_avg else sample["ntokens"]
     return mle, nll, target, sample_size
+
+
+def reduce_mle_metrics(logging_outputs, per_sample_losses: Sequence[str] = ("mle_loss",)) -> Callable[[str], float]:
+    """Log ``loss`` and each of ``per_sample_losses`` per sample_size, ``nll_loss`` per target
+    token (all base 2, as fairseq) and ``ppl``, summed over workers; return the summing function
+    so a criterion can log its own keys the same way."""
+
+    def total(key: str) -> float:
+        return sum(float(log.get(key, 0)) for log in logging_outputs)
+
+    sample_size, ntokens = total("sample_size"), total("ntokens")
+    if sample_size > 0:
+        for key in ("loss", *per_sample_losses):
+            metrics.log_scalar(key, total(key) / sample_size / math.log(2), sample_size, round=3)
+    if ntokens > 0:
+        metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+    return total

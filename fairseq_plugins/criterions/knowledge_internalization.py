@@ -50,21 +50,19 @@ fairseq divides the returned loss by ``sample_size`` (target tokens, or sentence
 ``--sentence-avg``), as the authors' criterion does.
 """
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 from torch import Tensor, nn
 
-from fairseq_plugins.criterions._mle import label_smoothed_mle
+from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
 from fairseq_plugins.losses import knowledge_internalization as ki
 from fairseq_plugins.models.encoder_capture import EncoderOutputCapture
 
@@ -267,17 +265,7 @@ class KnowledgeInternalizationCriterion(FairseqCriterion):
         """Sum the logs: loss per sample_size and nll_loss per target token (base 2, as fairseq),
         ppl; ki_loss per KI token (hinge units); ki_coverage = labelled / non-pad non-EOS source
         tokens; ki_no_negative and ki_absent counts per update."""
-
-        def total(key):
-            return sum(float(log.get(key, 0)) for log in logging_outputs)
-
-        sample_size = total("sample_size")
-        ntokens = total("ntokens")
-        if sample_size > 0:
-            metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-        if ntokens > 0:
-            metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-            metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        total = reduce_mle_metrics(logging_outputs, per_sample_losses=())
         ki_tokens = total("ki_tokens")
         metrics.log_scalar("ki_loss", total("ki_loss") / ki_tokens if ki_tokens > 0 else 0.0, ki_tokens, round=4)
         src = total("src_tokens")

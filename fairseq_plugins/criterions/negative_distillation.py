@@ -37,20 +37,19 @@ with). s counts completed updates (0 during the first). Logged: ``nd_alpha``, ``
 """
 import contextlib
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
-from fairseq import checkpoint_utils, utils
+from fairseq import checkpoint_utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from fairseq_plugins.criterions._mle import label_smoothed_mle
+from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
 from fairseq_plugins.losses import negative_distillation as nd
 from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode
 
@@ -369,20 +368,11 @@ class NegativeDistillationCriterion(FairseqCriterion):
     def reduce_metrics(cls, logging_outputs) -> None:
         """Sum the logs; losses per sample_size (loss, nll_loss in base 2 as fairseq's), the ND
         terms in their own units (L_pred in nats per token, MRSE sums over layers in [0, layers])."""
-
-        def total(key):
-            return sum(float(log.get(key, 0)) for log in logging_outputs)
-
+        total = reduce_mle_metrics(logging_outputs)
         sample_size = total("sample_size")
-        ntokens = total("ntokens")
         if sample_size > 0:
-            metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-            metrics.log_scalar("mle_loss", total("mle_loss") / sample_size / math.log(2), sample_size, round=3)
             for key in ("nd_pred", "nd_hid", "nd_att"):
                 metrics.log_scalar(key, total(key) / sample_size, sample_size, round=4)
-        if ntokens > 0:
-            metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-            metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
         if logging_outputs:
             metrics.log_scalar("nd_alpha", total("nd_alpha") / len(logging_outputs), 1, round=4)
             metrics.log_scalar("nd_step", max(float(log.get("nd_step", 0)) for log in logging_outputs),

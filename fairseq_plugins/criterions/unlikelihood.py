@@ -23,18 +23,15 @@ update" (gradient ascent on its NLL); it is unbounded, which is why NT fine-tune
 model for a short time (``STAGES``/``MAX_EPOCH`` of the recipe). Validation: MLE only.
 """
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
-from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from fairseq_plugins.criterions._mle import label_smoothed_mle
+from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
 from fairseq_plugins.losses import unlikelihood as ul
 from fairseq_plugins.models.capture import greedy_decode
 
@@ -53,22 +50,6 @@ def greedy_in_eval_mode(model, net_input: dict, max_len: int, dictionary) -> tor
     finally:
         model.train(was_training)
 
-
-def reduce_mle_metrics(logging_outputs) -> Callable[[str], float]:
-    """Log loss, mle_loss, nll_loss (base 2) and ppl summed over workers; return the summing
-    function so a criterion can log its own keys the same way."""
-
-    def total(key: str) -> float:
-        return sum(float(log.get(key, 0)) for log in logging_outputs)
-
-    sample_size, ntokens = total("sample_size"), total("ntokens")
-    if sample_size > 0:
-        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-        metrics.log_scalar("mle_loss", total("mle_loss") / sample_size / math.log(2), sample_size, round=3)
-    if ntokens > 0:
-        metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
-    return total
 
 @dataclass
 class VocabUnlikelihoodConfig(FairseqDataclass):
