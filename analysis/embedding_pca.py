@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from data_prep.common import CorpusError, setup_logging
+from data_prep.common import CorpusError, setup_logging, console_script
 
 logger = logging.getLogger(__name__)
 
@@ -428,6 +428,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         logger.info("wrote %s", args.json)
     return report
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

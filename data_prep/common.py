@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +103,17 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
     )
+
+
+def console_script(main: Callable[[], object]) -> Callable[[], None]:
+    """The console entry point for a ``main`` that returns its statistics (for callers and tests).
+
+    setuptools' generated script runs ``sys.exit(main())``, and ``sys.exit`` of any value other
+    than None or an int prints that value and exits with status 1: a run that succeeded would
+    fail every shell recipe under ``set -e``. The entry point returns None instead."""
+
+    def entry() -> None:
+        main()
+
+    entry.__doc__ = f"Console entry point of {main.__module__}.main (exit status 0 on success)."
+    return entry

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.alignment_text import SUBWORD_FORMATS, iter_lines, read_alignments, words_of, write_alignments
-from data_prep.common import CorpusError, setup_logging
+from data_prep.common import CorpusError, setup_logging, console_script
 from data_prep.knowledge_base import count_knowledge_items
 
 logger = logging.getLogger(__name__)
@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
                 stats["tokens_with_knowledge_before"], stats["tokens_with_knowledge_after"])
     return stats
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from data_prep.alignment_text import read_alignments
-from data_prep.common import setup_logging
+from data_prep.common import setup_logging, console_script
 from fairseq_plugins.data.knowledge_alignments import KnowledgeAlignments
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(args.verbose)
     return binarize_alignments(args.align, args.source, args.destdir, args.split, args.src_lang, args.tgt_lang)
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

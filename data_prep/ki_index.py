@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.common import setup_logging
+from data_prep.common import setup_logging, console_script
 
 logger = logging.getLogger(__name__)
 
@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     return meta
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.alignment_text import read_alignments, read_text_lines
-from data_prep.common import CorpusError, setup_logging
+from data_prep.common import CorpusError, setup_logging, console_script
 from data_prep.ki_mine import COUNT_KEYS, shard_paths, strip_prefix, summarize, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(args.verbose)
     return merge_shards(args.output, args.num_shards, args.source, progress=not args.no_progress)
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

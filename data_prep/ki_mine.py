@@ -55,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.alignment_text import SUBWORD_FORMATS, format_alignment_line, read_text_lines, words_of
-from data_prep.common import CorpusError, setup_logging
+from data_prep.common import CorpusError, setup_logging, console_script
 from data_prep.stop_words import english_stop_words, is_stopword
 
 logger = logging.getLogger(__name__)
@@ -675,6 +675,8 @@ def main(argv: list[str] | None = None) -> dict:
     index_fp = {"path": os.path.abspath(args.index), "meta_sha256": ki_index.meta_sha256(args.index)}
     return mine_shard(args.source, args.output, miner, index_fp, args.num_shards, args.shard_id, progress=not args.no_progress)
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

@@ -59,7 +59,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.cmu_dog_source import CmuDogSource, documents_of
-from data_prep.common import CorpusError, SkipCounter, one_line, setup_logging, write_stats
+from data_prep.common import CorpusError, SkipCounter, one_line, setup_logging, write_stats, console_script
 from data_prep.stop_words import english_stop_words
 
 logger = logging.getLogger(__name__)
@@ -624,6 +624,8 @@ def main(argv: list[str] | None = None) -> dict:
                 time.perf_counter() - start)
     return stats
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

@@ -63,7 +63,7 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from data_prep.common import CorpusError, setup_logging, write_stats
+from data_prep.common import CorpusError, setup_logging, write_stats, console_script
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
                 len(top), stats["cut_value"] if top else float("nan"), len(bottom), 100 * stats["zeros_share"])
     return stats
 
+
+cli = console_script(main)  # the console script: exit status 0 on success
 
 if __name__ == "__main__":
     main()

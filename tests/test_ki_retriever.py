@@ -32,25 +32,6 @@ TOY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    """A 1-layer, hidden-32 random BERT saved with the MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from data_prep.ki_retriever import default_bert_path
-
-    tokenizer = AutoTokenizer.from_pretrained(default_bert_path())
-    config = BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        vocab_size=tokenizer.vocab_size, max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def make_model(path: str, seed: int = 0, dim: int = 8) -> TokenKnowledgeRetriever:
     torch.manual_seed(seed)
     return TokenKnowledgeRetriever.from_pretrained_bert(path, projection_dim=dim).eval()

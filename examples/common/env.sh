@@ -21,6 +21,16 @@ transformer_args() {
   esac
 }
 
+# encoder_dim CONFIG -> the encoder width of that model size (the KI criterion's --ki-encoder-dim).
+encoder_dim() {
+  case "$1" in
+    paper) echo 512 ;;
+    small) echo 256 ;;
+    tiny)  echo 64 ;;
+    *) echo "unknown CONFIG '$1' (expected paper, small or tiny)" >&2; return 1 ;;
+  esac
+}
+
 # optimiser_args: Adam (0.9, 0.98) with linear warm-up from 1e-7 then inverse-sqrt decay, as in
 # the knowledge-internalization paper (appendix B), batches of at most MAX_TOKENS tokens.
 optimiser_args() {
