@@ -39,6 +39,45 @@ def test_soft_unlikelihood_is_stable_at_certainty() -> None:
     assert torch.isfinite(student.grad).all()
 
 
+def _autograd_soft_unlikelihood(student, teacher, mask, temperature, eps):
+    """The composed expression of Eq. 6-7, differentiated by autograd (the reference)."""
+    log_p_s = torch.log_softmax(student / temperature, dim=-1)
+    p_n = torch.softmax(teacher / temperature, dim=-1)
+    return (-(p_n * nd.log1mexp(log_p_s, eps)).sum(-1) * mask).sum()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_soft_unlikelihood_analytic_gradient_matches_autograd(temperature: float) -> None:
+    torch.manual_seed(0)
+    student = torch.randn(3, 4, 9, dtype=torch.float64)
+    student[0, 0, 2] = 40.0  # p_S ~ 1: inside the eps clamp, where the term is constant
+    student.requires_grad_()
+    teacher = torch.randn(3, 4, 9, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True], [True, False, False, False], [True, True, True, True]])
+    got = nd.soft_unlikelihood(student, teacher, mask, temperature, chunk_elements=20)  # chunks of 2 rows
+    (grad_got,) = torch.autograd.grad(got, student)
+    ref = _autograd_soft_unlikelihood(student, teacher, mask, temperature, 1e-6)
+    (grad_ref,) = torch.autograd.grad(ref, student)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(grad_got, grad_ref, rtol=1e-9, atol=1e-12)
+    assert grad_got[1, 1:].abs().max() == 0  # masked positions get no gradient
+    assert torch.autograd.gradcheck(lambda x: nd.soft_unlikelihood(x, teacher, mask, temperature, chunk_elements=27), (student,))
+
+
+def test_soft_unlikelihood_does_not_depend_on_chunking_nor_grad_of_teacher() -> None:
+    torch.manual_seed(1)
+    student = torch.randn(2, 5, 7, requires_grad=True)
+    teacher = torch.randn(2, 5, 7, requires_grad=True)
+    results = []
+    for chunk_elements in (1, 7, 15, 10_000):
+        loss = nd.soft_unlikelihood(student, teacher, None, 1.0, chunk_elements=chunk_elements)
+        results.append((loss.item(), torch.autograd.grad(loss, student)[0]))
+    for value, grad in results[1:]:
+        assert value == pytest.approx(results[0][0], rel=1e-6) and torch.allclose(grad, results[0][1], atol=1e-7)
+    nd.soft_unlikelihood(student, teacher).backward()
+    assert teacher.grad is None  # the teacher is a constant of L_pred
+
+
 def test_log1mexp_matches_direct_formula() -> None:
     lp = torch.tensor([-20.0, -3.0, -0.7, -0.1, -1e-3], dtype=torch.float64)
     assert torch.allclose(nd.log1mexp(lp, eps=1e-12), torch.log(1 - lp.exp()), rtol=1e-9)

@@ -46,6 +46,69 @@ def log1mexp(log_p: Tensor, eps: float = 1e-6) -> Tensor:
     )
 
 
+SOFT_UL_CHUNK_ELEMENTS = 1 << 22  # rows x vocabulary elements per chunk (16 MB in float32)
+
+
+def _soft_ul_chunk(z_s: Tensor, z_t: Tensor, temperature: float, eps: float):
+    """Per-row soft unlikelihood of one chunk and what its gradient needs.
+
+    ``z_s``, ``z_t``: ``(R, V)`` logits. Returns ``(loss (R,), log_p_s (R, V), p_n (R, V))``, all
+    float32 or float64 (the inputs' precision, at least float32)."""
+    dtype = torch.promote_types(z_s.dtype, torch.float32)
+    log_p_s = F.log_softmax(z_s.to(dtype) / temperature, dim=-1)
+    p_n = F.softmax(z_t.to(dtype) / temperature, dim=-1)
+    loss = -(p_n * log1mexp(log_p_s, eps)).sum(dim=-1)
+    return loss, log_p_s, p_n
+
+
+class _SoftUnlikelihood(torch.autograd.Function):
+    """Row-chunked soft unlikelihood with an analytic backward (no ``(N, V)`` autograd graph).
+
+    For one position, with ``p = softmax(z / t)`` (student), ``q`` the teacher's softened
+    distribution and ``L = -sum_k q_k log(1 - p_k)``::
+
+        dL/dz_j = (w_j - p_j sum_k w_k) / t,    w_k = q_k p_k / (1 - p_k)
+
+    and ``w_k = 0`` where ``p_k > 1 - eps`` (there the clamp of :func:`log1mexp` holds the
+    value constant). Forward and backward both work on ``chunk`` rows at a time, so the
+    transient memory is a few ``(chunk, V)`` blocks instead of the eight or so ``(N, V)``
+    tensors that autograd keeps for the composed expression; the backward recomputes the
+    softmaxes from the saved logits."""
+
+    @staticmethod
+    def forward(ctx, z_s: Tensor, z_t: Tensor, temperature: float, eps: float, chunk: int) -> Tensor:
+        ctx.save_for_backward(z_s, z_t)
+        ctx.temperature, ctx.eps, ctx.chunk = temperature, eps, chunk
+        out = []
+        for start in range(0, z_s.size(0), chunk):
+            loss, _, _ = _soft_ul_chunk(z_s[start : start + chunk], z_t[start : start + chunk], temperature, eps)
+            out.append(loss)
+        dtype = torch.promote_types(z_s.dtype, torch.float32)
+        return torch.cat(out) if out else z_s.new_zeros(0, dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z_s, z_t = ctx.saved_tensors
+        t, eps, chunk = ctx.temperature, ctx.eps, ctx.chunk
+        grad = torch.empty_like(z_s)
+        limit = math.log1p(-eps)
+        for start in range(0, z_s.size(0), chunk):
+            rows = slice(start, start + chunk)
+            g = grad_out[rows]
+            nonzero = g.ne(0)
+            if not bool(nonzero.any()):  # masked (padding) rows: nothing to compute
+                grad[rows] = 0
+                continue
+            _, log_p_s, p_n = _soft_ul_chunk(z_s[rows], z_t[rows], t, eps)
+            p_s = log_p_s.exp()
+            # p / (1 - p) with 1 - p = -expm1(log p), exact near p = 1; 0 where clamped
+            odds = torch.where(log_p_s > limit, torch.zeros_like(p_s), p_s / -torch.expm1(log_p_s.clamp(max=limit)))
+            w = p_n * odds
+            d = (w - p_s * w.sum(dim=-1, keepdim=True)) * (g / t).unsqueeze(-1)
+            grad[rows] = d.to(grad.dtype)
+        return grad, None, None, None, None
+
+
 def soft_unlikelihood(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -53,16 +116,20 @@ def soft_unlikelihood(
     temperature: float = 1.0,
     eps: float = 1e-6,
     reduce: bool = True,
+    chunk_elements: int = SOFT_UL_CHUNK_ELEMENTS,
 ) -> Tensor:
     """Soft unlikelihood L_pred (Eq. 6–7).
 
     Args:
         student_logits: ``(B, T, V)`` pre-softmax scores z of the student.
-        teacher_logits: ``(B, T, V)`` those of the teacher (no gradient needed).
+        teacher_logits: ``(B, T, V)`` those of the teacher (no gradient is taken through them).
         mask: ``(B, T)`` bool, True at real target positions (padding excluded); None = all.
         temperature: t of Eq. 7, applied to both softmaxes: ``p = softmax(z / t)``.
         eps: ``1 - p_S`` is floored at ``eps`` (see :func:`log1mexp`).
         reduce: sum over positions (scalar) if True, else per-position values ``(B, T)``.
+        chunk_elements: positions are processed ``max(1, chunk_elements // V)`` at a time, in the
+            forward and in the analytic backward (:class:`_SoftUnlikelihood`); the value and the
+            gradient do not depend on it.
 
     Returns:
         ``-sum_{i} sum_k p_N(k) log(1 - p_S(k))`` (>= 0), summed over the masked positions.
@@ -71,9 +138,12 @@ def soft_unlikelihood(
         raise ValueError(f"student {tuple(student_logits.shape)} != teacher {tuple(teacher_logits.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    p_n = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    per_position = -(p_n * log1mexp(log_p_s, eps)).sum(dim=-1)
+    vocab = student_logits.size(-1)
+    chunk = max(1, chunk_elements // max(vocab, 1))
+    per_row = _SoftUnlikelihood.apply(
+        student_logits.reshape(-1, vocab), teacher_logits.detach().reshape(-1, vocab), float(temperature), float(eps), chunk
+    )
+    per_position = per_row.view(student_logits.shape[:-1])
     if mask is not None:
         per_position = per_position * mask.to(per_position.dtype)
     return per_position.sum() if reduce else per_position
