@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Shared body of the per-dataset generate_kid.sh recipes: knowledge-infused decoding (KID), paper
+# ../shared/papers/knowledge_infused_decoding.txt, on a trained dialogue model. Stages (STAGES,
+# in this order):
+#   collection (optional) DPR_PASSAGES, the paper's knowledge source (DPR's psgs_w100.tsv[.gz]:
+#              id<TAB>text<TAB>title, header line, CSV quoting) -> COLLECTION (id<TAB>title<TAB>text)
+#   retrieve   kid-retrieve: the TOP_K passages of COLLECTION for every SUBSET context (§3.1);
+#              RETRIEVER = dense (MiniLM, or the BERT/DPR checkpoint DENSE_MODEL; faiss inner
+#              product) | sparse (BM25) | random (the ablation) -> KID_DIR/SUBSET.TAG.retrieval.jsonl
+#   trie       kid-build-trie: spaCy triples of the retrieved passages -> one knowledge trie per
+#              example (§3.2, A.2.1) -> KID_DIR/SUBSET.TAG.trie.jsonl (line i = example i)
+#   decode     fairseq-generate on CHECKPOINT, one output per decoder in DECODERS:
+#                sample  sampling (top-p SAMPLING_TOPP or top-k SAMPLING_TOPK, SEED)
+#                                                              -> OUT_DIR/SUBSET.sample.out
+#                beam5   beam search (BEAM = 5)                -> OUT_DIR/SUBSET.beam5.out
+#                kid     sampling + --kid: entity memory, HOPS-hop trie query, KID_STEPS policy
+#                        steps per token (§3.3, Alg. 1-2)      -> OUT_DIR/SUBSET.KID_NAME.out
+#                little  sampling + --kid-mode little (Little KID, A.3)
+#                                                              -> OUT_DIR/SUBSET.LITTLE_NAME.out
+#              sample, kid and little share SEED: they differ by the knowledge only
+#              (KID_STEPS=0 gives the sample output token for token)
+#   evaluate   dialog-metrics per decoder, METRICS (default: knowledge F1 against KNOWLEDGE;
+#              unigram F1, ROUGE-L, BLEU-1 against REFERENCE; Distinct-2; length)
+#              -> OUT_DIR/SUBSET.<output name>.metrics.json, and one markdown table METRICS_MD
+#              (rebuilt by every run; APPEND_MD=1 adds rows instead)
+# Ablations. TAG = [COLLECTION_NAME.]RETRIEVER.kTOP_K names the retrieval and trie files,
+# KID_NAME = kid.TAG.hHOPS and LITTLE_NAME = little.TAG the decoder outputs, so the paper's
+# ablations (§4.3: retriever, Table 3; hops, Fig. 2b; documents, Fig. 2a) are loops that keep
+# every output, e.g. on WoW:
+#   for r in dense sparse random; do
+#     RETRIEVER=$r DECODERS="kid little" APPEND_MD=1 METRICS_MD=work/wow_mini/retrievers.md \
+#       bash examples/wow/generate_kid.sh
+#   done
+#   for h in 1 2 3 4; do   # the RETRIEVER/TOP_K tries exist already: decode and score only
+#     HOPS=$h STAGES="decode evaluate" DECODERS=kid APPEND_MD=1 METRICS_MD=work/wow_mini/hops.md \
+#       bash examples/wow/generate_kid.sh
+#   done
+# Expects WORK and COLLECTION from the calling recipe; extra arguments go to every
+# fairseq-generate call.
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+: "${WORK:?set WORK}"
+
+# --- data and model (prepare.sh / train_transformer.sh outputs) -----------------------------
+DATA_BIN="${DATA_BIN:-$WORK/data-bin}"
+TOK_DIR="${TOK_DIR:-$WORK/tok}"
+SUBSET="${SUBSET:-test}"
+SOURCE="${SOURCE:-$TOK_DIR/$SUBSET.src}"         # the contexts, one per example of SUBSET
+WORDPIECE="${WORDPIECE:-1}"                       # 1: BERT WordPiece text (## pieces joined first)
+CONFIG="${CONFIG:-small}"
+CHECKPOINT="${CHECKPOINT:-$WORK/checkpoints/transformer_$CONFIG/checkpoint_best.pt}"
+# --- knowledge: collection, retrieval, tries ------------------------------------------------
+COLLECTION="${COLLECTION:-}"                      # CMU_DoG, WoW mini, wiki summaries, .jsonl or .tsv
+COLLECTION_FORMAT="${COLLECTION_FORMAT:-auto}"
+MAX_WORDS="${MAX_WORDS:-100}"                     # wiki_summaries: words per passage (RAG/DPR: 100)
+DPR_PASSAGES="${DPR_PASSAGES:-}"                  # stage collection: psgs_w100.tsv[.gz] -> COLLECTION=*.tsv
+DPR_PASSAGES_URL="${DPR_PASSAGES_URL:-https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz}"
+RETRIEVER="${RETRIEVER:-dense}"                   # dense | sparse | random
+TOP_K="${TOP_K:-5}"                               # documents per context (paper: k = 5)
+DENSE_MODEL="${DENSE_MODEL:-}"                    # dense: BERT/DPR checkpoint dir (default all-MiniLM-L6-v2)
+RETRIEVE_ARGS="${RETRIEVE_ARGS:-}"                # e.g. --device cpu --threads 1 --batch-size 64
+TRIE_ARGS="${TRIE_ARGS:-}"                        # e.g. --spacy-model en_core_web_sm
+KID_DIR="${KID_DIR:-$WORK/kid}"
+CACHE_DIR="${CACHE_DIR:-$KID_DIR/cache}"          # passage embeddings, spaCy triples (keyed by content)
+COLLECTION_NAME="${COLLECTION_NAME:-}"            # the collection's part of the file names (e.g. wiki)
+KNOWLEDGE_TAG="${KNOWLEDGE_TAG:-${COLLECTION_NAME:+$COLLECTION_NAME.}$RETRIEVER.k$TOP_K}"
+RETRIEVAL="${RETRIEVAL:-$KID_DIR/$SUBSET.$KNOWLEDGE_TAG.retrieval.jsonl}"
+TRIE="${TRIE:-$KID_DIR/$SUBSET.$KNOWLEDGE_TAG.trie.jsonl}"
+# --- decoding -------------------------------------------------------------------------------
+DECODERS="${DECODERS:-sample beam5 kid little}"
+SEED="${SEED:-1}"
+SAMPLING_TOPP="${SAMPLING_TOPP:-0.9}"             # top-p sampling (paper: p = 0.9); -1 = off
+SAMPLING_TOPK="${SAMPLING_TOPK:--1}"              # top-k (paper: k = 20); fairseq: top-p wins if both > 0
+BEAM="${BEAM:-5}"
+LENPEN="${LENPEN:-1.0}"
+BATCH_SIZE="${BATCH_SIZE:-64}"
+MAX_LEN_B="${MAX_LEN_B:-50}"                      # responses are at most MAX_LEN_B tokens
+HOPS="${HOPS:-4}"                                 # h_max (paper: 4)
+KID_STEPS="${KID_STEPS:-3}"                       # K Adam steps per token (paper: 3; 0 = plain decoding)
+KID_LR="${KID_LR:-0.1}"
+KID_SIGMA="${KID_SIGMA:-0.02}"                    # target KL (paper: 0.02)
+KID_SUBWORDS="${KID_SUBWORDS:-first}"             # first | all subwords of each knowledge word rewarded
+KID_MEMORY="${KID_MEMORY:-}"                      # w_max (default: HOPS)
+KID_ARGS="${KID_ARGS:-}"                          # e.g. --kid-entity content --kid-beta 1
+KID_NAME="${KID_NAME:-kid.$KNOWLEDGE_TAG.h$HOPS}"
+LITTLE_NAME="${LITTLE_NAME:-little.$KNOWLEDGE_TAG}"
+OUT_DIR="${OUT_DIR:-$(dirname "$CHECKPOINT")/gen_kid}"
+# --- evaluation -----------------------------------------------------------------------------
+# references, one per example (fairseq's T- lines show out-of-vocabulary words as <<unk>>); empty: T- lines
+REFERENCE="${REFERENCE-$TOK_DIR/$SUBSET.tgt}"
+KNOWLEDGE="${KNOWLEDGE-$TOK_DIR/$SUBSET.knowledge}" # grounding text per example (kF1); empty: none
+KNOWLEDGE_SEPARATOR="${KNOWLEDGE_SEPARATOR:-__knowledge__}"  # dropped from KNOWLEDGE before kF1
+METRICS="${METRICS:-kf1,f1,rougeL,bleu1,dist2,avg_len}"
+NAME="${NAME:-$(basename "$(dirname "$CHECKPOINT")")}"
+METRICS_MD="${METRICS_MD:-$OUT_DIR/metrics.$KNOWLEDGE_TAG.h$HOPS.md}"
+APPEND_MD="${APPEND_MD:-0}"
+STAGES="${STAGES:-retrieve trie decode evaluate}"
+# -------------------------------------------------------------------------------------------
+
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+wordpiece_flag=()
+[ "$WORDPIECE" = 1 ] && wordpiece_flag=(--wordpiece)
+collection_args=(--collection "$COLLECTION" --collection-format "$COLLECTION_FORMAT" --max-words "$MAX_WORDS")
+check_collection() {
+  [ -n "$COLLECTION" ] || { echo "set COLLECTION (the passages to retrieve from)" >&2; exit 1; }
+  [ -e "$COLLECTION" ] || { echo "collection not found: $COLLECTION" >&2; exit 1; }
+}
+# decoder_out DECODER -> its output file
+decoder_out() {
+  case "$1" in
+    kid) echo "$OUT_DIR/$SUBSET.$KID_NAME.out" ;;
+    little) echo "$OUT_DIR/$SUBSET.$LITTLE_NAME.out" ;;
+    *) echo "$OUT_DIR/$SUBSET.$1.out" ;;
+  esac
+}
+
+if has_stage collection; then
+  : "${DPR_PASSAGES:?stage collection needs DPR_PASSAGES (psgs_w100.tsv or .tsv.gz)}"
+  [[ "$COLLECTION" == *.tsv ]] || { echo "stage collection writes COLLECTION as .tsv; got '$COLLECTION'" >&2; exit 1; }
+  if [ ! -e "$DPR_PASSAGES" ]; then
+    mkdir -p "$(dirname "$DPR_PASSAGES")"
+    wget -q -O "$DPR_PASSAGES" "$DPR_PASSAGES_URL"
+  fi
+  mkdir -p "$(dirname "$COLLECTION")"
+  python3 - "$DPR_PASSAGES" "$COLLECTION" <<'PY'
+import csv, gzip, os, sys
+src, dst = sys.argv[1], sys.argv[2]
+csv.field_size_limit(sys.maxsize)
+opener = gzip.open if src.endswith(".gz") else open
+n = 0
+with opener(src, "rt", encoding="utf-8", newline="") as f, open(dst + ".tmp", "w", encoding="utf-8") as out:
+    rows = csv.reader(f, delimiter="\t")
+    header = next(rows, None)
+    if header is None or header[:3] != ["id", "text", "title"]:
+        sys.exit(f"{src}: expected the DPR header id<TAB>text<TAB>title, got {header}")
+    for line_no, row in enumerate(rows, 2):
+        if len(row) != 3:
+            sys.exit(f"{src}:{line_no}: expected 3 fields, got {len(row)}")
+        pid, text, title = (" ".join(x.split()) for x in row)
+        out.write(f"{pid}\t{title}\t{text}\n")
+        n += 1
+os.replace(dst + ".tmp", dst)
+print(f"wrote {dst}: {n} passages")
+PY
+fi
+
+if has_stage retrieve; then
+  check_collection
+  [ -f "$SOURCE" ] || { echo "contexts not found: $SOURCE (run prepare first)" >&2; exit 1; }
+  mkdir -p "$KID_DIR" "$CACHE_DIR"
+  # shellcheck disable=SC2086
+  kid-retrieve --input "$SOURCE" "${wordpiece_flag[@]}" "${collection_args[@]}" --retriever "$RETRIEVER" \
+    --top-k "$TOP_K" --seed "$SEED" --cache-dir "$CACHE_DIR" ${DENSE_MODEL:+--model "$DENSE_MODEL"} \
+    $RETRIEVE_ARGS --output "$RETRIEVAL"
+  echo "wrote $RETRIEVAL"
+fi
+
+if has_stage trie; then
+  check_collection
+  [ -f "$RETRIEVAL" ] || { echo "retrieval not found: $RETRIEVAL (stage retrieve)" >&2; exit 1; }
+  mkdir -p "$CACHE_DIR"
+  # shellcheck disable=SC2086
+  kid-build-trie --retrieval "$RETRIEVAL" "${collection_args[@]}" --source "$SOURCE" "${wordpiece_flag[@]}" \
+    --top-k "$TOP_K" --triples-cache "$CACHE_DIR/triples.jsonl" $TRIE_ARGS --output "$TRIE"
+  echo "wrote $TRIE"
+fi
+
+if has_stage decode; then
+  [ -f "$CHECKPOINT" ] || { echo "checkpoint not found: $CHECKPOINT" >&2; exit 1; }
+  mkdir -p "$OUT_DIR"
+  sampling=(--sampling --beam 1 --nbest 1 --seed "$SEED" --sampling-topp "$SAMPLING_TOPP" --sampling-topk "$SAMPLING_TOPK")
+  # shellcheck disable=SC2206
+  kid=(--kid --kid-trie "$TRIE" --kid-hops "$HOPS" --kid-steps "$KID_STEPS" --kid-lr "$KID_LR"
+       --kid-sigma "$KID_SIGMA" --kid-subwords "$KID_SUBWORDS" ${KID_MEMORY:+--kid-memory "$KID_MEMORY"} $KID_ARGS)
+  for decoder in $DECODERS; do
+    case "$decoder" in
+      sample) search=("${sampling[@]}") ;;
+      beam5)  search=(--beam "$BEAM" --lenpen "$LENPEN") ;;
+      kid)    search=("${sampling[@]}" "${kid[@]}" --kid-mode kid) ;;
+      little) search=("${sampling[@]}" "${kid[@]}" --kid-mode little) ;;
+      *) echo "unknown decoder $decoder (sample|beam5|kid|little)" >&2; exit 1 ;;
+    esac
+    if [ "$decoder" = kid ] || [ "$decoder" = little ]; then
+      [ -f "$TRIE" ] || { echo "knowledge tries not found: $TRIE (stages retrieve trie)" >&2; exit 1; }
+      if [ -f "$SOURCE" ] && [ "$(wc -l < "$TRIE")" != "$(wc -l < "$SOURCE")" ]; then
+        echo "$TRIE has $(wc -l < "$TRIE") lines for the $(wc -l < "$SOURCE") examples of $SOURCE" >&2; exit 1
+      fi
+    fi
+    out="$(decoder_out "$decoder")"
+    fairseq-generate "$DATA_BIN" --user-dir "$USER_DIR" --task knowledge_dialog \
+      --source-lang src --target-lang tgt --path "$CHECKPOINT" --gen-subset "$SUBSET" \
+      --batch-size "$BATCH_SIZE" --max-len-b "$MAX_LEN_B" "${search[@]}" "$@" > "$out"
+    echo "wrote $out"
+  done
+fi
+
+if has_stage evaluate; then
+  mkdir -p "$OUT_DIR"
+  metric_args=(--metrics "$METRICS")
+  [ "$WORDPIECE" = 1 ] && metric_args+=(--wordpiece-detok)
+  [ -n "$REFERENCE" ] && metric_args+=(--ref "$REFERENCE")
+  if [ -n "$KNOWLEDGE" ]; then
+    [ -f "$KNOWLEDGE" ] || { echo "knowledge not found: $KNOWLEDGE (KNOWLEDGE= for none)" >&2; exit 1; }
+    # the separator between knowledge sentences is no knowledge (kF1 would count it as a word)
+    knowledge_eval="$OUT_DIR/$SUBSET.knowledge.eval.txt"
+    SEP="$KNOWLEDGE_SEPARATOR" python3 -c '
+import os, sys
+sep = os.environ["SEP"]
+for line in sys.stdin:
+    sys.stdout.write(" ".join(w for w in line.split() if w != sep) + "\n")' < "$KNOWLEDGE" > "$knowledge_eval"
+    metric_args+=(--knowledge "$knowledge_eval")
+  fi
+  [ "$APPEND_MD" = 1 ] || rm -f "$METRICS_MD"
+  for decoder in $DECODERS; do
+    out="$(decoder_out "$decoder")"
+    [ -f "$out" ] || { echo "decoder output not found: $out (stage decode)" >&2; exit 1; }
+    name="$(basename "$out" .out)"
+    dialog-metrics --gen-out "$out" "${metric_args[@]}" --name "$NAME ${name#"$SUBSET".}" \
+      --json-out "${out%.out}.metrics.json" --append-md "$METRICS_MD" > /dev/null
+  done
+  cat "$METRICS_MD"
+fi
