@@ -24,6 +24,7 @@ setup(
             "source-entropy=data_prep.source_entropy:cli",
             "kid-retrieve=data_prep.kid_retrieve:main",
             "kid-build-trie=data_prep.kid_build_trie:main",
+            "kid-convert-dpr=data_prep.kid_dpr_passages:cli",
             "dialog-metrics=dialogue_metrics.cli:main",
             "build-knowledge-base=data_prep.knowledge_base:cli",
             "ki-transform-alignments=data_prep.ki_alignment_ablations:cli",

@@ -34,3 +34,5 @@ def test_dailydialog_recipes_end_to_end(shared_data: Path, tmp_path: Path) -> No
         metrics = json.loads((ckpt_dir / "gen" / f"test.{decoder}.metrics.json").read_text())
         assert metrics["n_examples"] == n_test
         assert metrics["ppl"] > 1.0  # test-set perplexity from fairseq-validate
+        # scored against the tokenised responses, not fairseq's T- lines (which show <<unk>>)
+        assert metrics["settings"]["files"]["ref"] == str(tmp_path / "dd" / "tok" / "test.tgt")

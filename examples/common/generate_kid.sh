@@ -3,7 +3,8 @@
 # ../shared/papers/knowledge_infused_decoding.txt, on a trained dialogue model. Stages (STAGES,
 # in this order):
 #   collection (optional) DPR_PASSAGES, the paper's knowledge source (DPR's psgs_w100.tsv[.gz]:
-#              id<TAB>text<TAB>title, header line, CSV quoting) -> COLLECTION (id<TAB>title<TAB>text)
+#              id<TAB>text<TAB>title, header line, CSV quoting) -> kid-convert-dpr -> COLLECTION
+#              (id<TAB>title<TAB>text)
 #   retrieve   kid-retrieve: the TOP_K passages of COLLECTION for every SUBSET context (§3.1);
 #              RETRIEVER = dense (MiniLM, or the BERT/DPR checkpoint DENSE_MODEL; faiss inner
 #              product) | sparse (BM25) | random (the ablation) -> KID_DIR/SUBSET.TAG.retrieval.jsonl
@@ -121,26 +122,7 @@ if has_stage collection; then
     wget -q -O "$DPR_PASSAGES" "$DPR_PASSAGES_URL"
   fi
   mkdir -p "$(dirname "$COLLECTION")"
-  python3 - "$DPR_PASSAGES" "$COLLECTION" <<'PY'
-import csv, gzip, os, sys
-src, dst = sys.argv[1], sys.argv[2]
-csv.field_size_limit(sys.maxsize)
-opener = gzip.open if src.endswith(".gz") else open
-n = 0
-with opener(src, "rt", encoding="utf-8", newline="") as f, open(dst + ".tmp", "w", encoding="utf-8") as out:
-    rows = csv.reader(f, delimiter="\t")
-    header = next(rows, None)
-    if header is None or header[:3] != ["id", "text", "title"]:
-        sys.exit(f"{src}: expected the DPR header id<TAB>text<TAB>title, got {header}")
-    for line_no, row in enumerate(rows, 2):
-        if len(row) != 3:
-            sys.exit(f"{src}:{line_no}: expected 3 fields, got {len(row)}")
-        pid, text, title = (" ".join(x.split()) for x in row)
-        out.write(f"{pid}\t{title}\t{text}\n")
-        n += 1
-os.replace(dst + ".tmp", dst)
-print(f"wrote {dst}: {n} passages")
-PY
+  kid-convert-dpr --input "$DPR_PASSAGES" --output "$COLLECTION"
 fi
 
 if has_stage retrieve; then

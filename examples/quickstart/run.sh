@@ -42,7 +42,7 @@ echo "== 4/4 metrics"
 rm -f "$WORK/metrics.md"
 for decoder in greedy beam5; do
   dialog-metrics --gen-out "$WORK/test.$decoder.out" --wordpiece-detok --train-tgt "$WORK/tok/train.tgt" \
-    --ppl-log "$WORK/train.log" --name "quickstart $decoder" \
+    --ref "$WORK/tok/test.tgt" --ppl-log "$WORK/train.log" --name "quickstart $decoder" \
     --json-out "$WORK/metrics.$decoder.json" --append-md "$WORK/metrics.md" >/dev/null 2>>"$WORK/metrics.log"
 done
 cat "$WORK/metrics.md"
