@@ -34,6 +34,7 @@ setup(
             "ki-mine=data_prep.ki_mine:cli",
             "ki-merge-alignments=data_prep.ki_merge:cli",
             "ki-embedding-pca=analysis.embedding_pca:cli",
+            "paired-bootstrap=analysis.paired_bootstrap:cli",
         ]
     },
 )
