@@ -51,6 +51,7 @@ def test_soft_unlikelihood_analytic_gradient_matches_autograd(temperature: float
     torch.manual_seed(0)
     student = torch.randn(3, 4, 9, dtype=torch.float64)
     student[0, 0, 2] = 40.0  # p_S ~ 1: inside the eps clamp, where the term is constant
+    student[2, 3, 4] = 4.0  # 1/2 < p_S < 1 - eps: the expm1 branch of log1mexp and of the odds
     student.requires_grad_()
     teacher = torch.randn(3, 4, 9, dtype=torch.float64)
     mask = torch.tensor([[True, True, False, True], [True, False, False, False], [True, True, True, True]])
@@ -76,6 +77,15 @@ def test_soft_unlikelihood_does_not_depend_on_chunking_nor_grad_of_teacher() -> 
         assert value == pytest.approx(results[0][0], rel=1e-6) and torch.allclose(grad, results[0][1], atol=1e-7)
     nd.soft_unlikelihood(student, teacher).backward()
     assert teacher.grad is None  # the teacher is a constant of L_pred
+
+
+def test_log1mexp_gradient_in_both_branches_and_the_clamp() -> None:
+    # d/dx log(1 - e^x) = -e^x / (1 - e^x); 0 inside the clamp (x > log(1 - eps))
+    x = torch.tensor([-50.0, -3.0, -0.7, -0.6, -1e-3, -1e-9], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(nd.log1mexp(x, eps=1e-6).sum(), x)
+    expected = -torch.exp(x) / -torch.expm1(x)
+    expected[-1] = 0.0
+    assert torch.allclose(grad, expected.detach(), rtol=1e-12, atol=0)
 
 
 def test_log1mexp_matches_direct_formula() -> None:

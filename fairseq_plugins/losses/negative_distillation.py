@@ -39,11 +39,13 @@ def log1mexp(log_p: Tensor, eps: float = 1e-6) -> Tensor:
     ``log(eps)`` instead of ``-inf`` (the result is then >= log(eps); its gradient there is 0).
     """
     log_p = log_p.clamp(max=math.log1p(-eps))
-    return torch.where(
-        log_p > _LOG_HALF,
-        torch.log(-torch.expm1(log_p)),
-        torch.log1p(-torch.exp(log_p)),
-    )
+    out = torch.log1p(-torch.exp(log_p))
+    # the expm1 branch only where p > 1/2: at most one entry per distribution, so the whole-
+    # tensor cost is one exp and one log1p (torch.where would evaluate both branches everywhere)
+    big = (log_p > _LOG_HALF).nonzero(as_tuple=True)
+    if big[0].numel():
+        out = out.index_put(big, torch.log(-torch.expm1(log_p[big])))
+    return out
 
 
 SOFT_UL_CHUNK_ELEMENTS = 1 << 22  # rows x vocabulary elements per chunk (16 MB in float32)
@@ -101,8 +103,14 @@ class _SoftUnlikelihood(torch.autograd.Function):
                 continue
             _, log_p_s, p_n = _soft_ul_chunk(z_s[rows], z_t[rows], t, eps)
             p_s = log_p_s.exp()
-            # p / (1 - p) with 1 - p = -expm1(log p), exact near p = 1; 0 where clamped
-            odds = torch.where(log_p_s > limit, torch.zeros_like(p_s), p_s / -torch.expm1(log_p_s.clamp(max=limit)))
+            # p / (1 - p); where p > 1/2 (at most one entry per row) 1 - p = -expm1(log p), exact
+            # near p = 1, and the odds are 0 where the clamp holds log(1 - p) constant
+            odds = p_s / (1 - p_s)
+            big = (log_p_s > _LOG_HALF).nonzero(as_tuple=True)
+            if big[0].numel():
+                log_p_big = log_p_s[big]
+                odds_big = p_s[big] / -torch.expm1(log_p_big.clamp(max=limit))
+                odds[big] = torch.where(log_p_big > limit, torch.zeros_like(odds_big), odds_big)
             w = p_n * odds
             d = (w - p_s * w.sum(dim=-1, keepdim=True)) * (g / t).unsqueeze(-1)
             grad[rows] = d.to(grad.dtype)
