@@ -17,9 +17,9 @@ from argparse import ArgumentParser
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-from dialogue_metrics.overlap import rouge_l, unigram_f1
-from dialogue_metrics.readers import InputError, align_by_ids, check_same_count, read_gen_out, read_lines
-from dialogue_metrics.text import tokenize, wordpiece_detok
+from dialogue_metrics.overlap import rouge_l_per_example, unigram_f1
+from dialogue_metrics.readers import InputError, align_by_ids, check_same_count, read_gen_out, read_lines, read_text_lines
+from dialogue_metrics.text import tokenize_all, wordpiece_detok
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def per_example_scores(metric: str, hypotheses: Sequence[str], golds: Sequence[s
     if metric in ("f1", "kf1"):
         return [unigram_f1(h, g) for h, g in zip(hypotheses, golds)]
     if metric == "rougeL":
-        return [rouge_l([tokenize(h)], [tokenize(g)]) for h, g in zip(hypotheses, golds)]
+        return rouge_l_per_example(tokenize_all(hypotheses), tokenize_all(golds))
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
 
 
@@ -120,9 +120,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         gold_path = args.knowledge if metric == "kf1" else args.ref
         if not gold_path:
             raise SystemExit(f"paired-bootstrap: metric {metric} needs {'--knowledge' if metric == 'kf1' else '--ref'}")
-        golds = read_lines(gold_path)
-        if args.wordpiece_detok:
-            golds = [wordpiece_detok(g) for g in golds]
+        golds = read_text_lines(gold_path, args.wordpiece_detok)
         if metric == "kf1" and args.drop_token:
             golds = [" ".join(w for w in g.split() if w not in args.drop_token) for g in golds]
         if ids_a is not None:

@@ -11,7 +11,7 @@ from . import entities, registry, report, safe
 from .evaluate import EvalInputs, evaluate
 from .ngrams import token_counts
 from .ppl import ppl_from_log
-from .readers import InputError, align_by_ids, check_same_count, read_gen_out, read_lines
+from .readers import InputError, align_by_ids, check_same_count, read_gen_out, read_text_lines
 from .text import TOKENIZERS, tokenize_all, wordpiece_detok
 
 logger = logging.getLogger("dialogue_metrics")
@@ -69,11 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_text(path: str, detok: bool) -> list[str]:
-    lines = read_lines(path)
-    return [wordpiece_detok(line) for line in lines] if detok else lines
-
-
 def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
     """Read every input file named on the command line; checks counts, names files in errors."""
     detok = args.wordpiece_detok
@@ -86,23 +81,23 @@ def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
         if refs is not None and detok:
             refs = [wordpiece_detok(r) for r in refs]
         if args.ref:
-            refs = align_by_ids(_read_text(args.ref, detok), gen.ids, args.ref, args.gen_out)
+            refs = align_by_ids(read_text_lines(args.ref, detok), gen.ids, args.ref, args.gen_out)
         knowledge = None
         if args.knowledge:
             knowledge = align_by_ids(
-                _read_text(args.knowledge, detok), gen.ids, args.knowledge, args.gen_out
+                read_text_lines(args.knowledge, detok), gen.ids, args.knowledge, args.gen_out
             )
         hyp_name = args.gen_out
     else:
         if not args.ref:
             raise InputError("--hyp needs --ref")
-        hyps = _read_text(args.hyp, detok)
-        refs = _read_text(args.ref, detok)
+        hyps = read_text_lines(args.hyp, detok)
+        refs = read_text_lines(args.ref, detok)
         files["hyp"] = args.hyp
         check_same_count(hyps, f"hypotheses file {args.hyp}", refs, f"references file {args.ref}")
         knowledge = None
         if args.knowledge:
-            knowledge = _read_text(args.knowledge, detok)
+            knowledge = read_text_lines(args.knowledge, detok)
             check_same_count(hyps, f"hypotheses file {args.hyp}", knowledge,
                              f"knowledge file {args.knowledge}")
         hyp_name = args.hyp
@@ -116,10 +111,10 @@ def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
         raise InputError("--lf-counts-from src+tgt needs --train-src and --train-tgt")
     if args.train_tgt:
         files["train_tgt"] = args.train_tgt
-        train_lines = _read_text(args.train_tgt, detok)
+        train_lines = read_text_lines(args.train_tgt, detok)
         if args.lf_counts_from == "src+tgt":
             files["train_src"] = args.train_src
-            train_lines += _read_text(args.train_src, detok)
+            train_lines += read_text_lines(args.train_src, detok)
         train_counts = token_counts(tokenize_all(train_lines, args.tokenize))
 
     ppl = args.ppl

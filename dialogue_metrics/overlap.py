@@ -100,16 +100,18 @@ def rouge_l(hypotheses: Sequence[Tokens], references: Sequence[Tokens]) -> float
     stemming), so the tokens are exactly those of the other metrics; averaged over all
     examples. An empty hypothesis scores 0.
     """
+    scores = rouge_l_per_example(hypotheses, references)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def rouge_l_per_example(hypotheses: Sequence[Tokens], references: Sequence[Tokens]) -> list[float]:
+    """The sentence-level ROUGE-L F of every example (:func:`rouge_l` is their mean)."""
     from rouge_score.rouge_scorer import RougeScorer
 
     _check_pairs(hypotheses, references)
-    if not hypotheses:
-        return 0.0
     scorer = RougeScorer(["rougeL"], tokenizer=_WhitespaceTokenizer())
-    total = 0.0
-    for hyp, ref in zip(hypotheses, references):
-        total += scorer.score(" ".join(ref), " ".join(hyp))["rougeL"].fmeasure
-    return total / len(hypotheses)
+    return [scorer.score(" ".join(ref), " ".join(hyp))["rougeL"].fmeasure
+            for hyp, ref in zip(hypotheses, references)]
 
 
 _RE_ARTICLES = re.compile(r"\b(a|an|the)\b")

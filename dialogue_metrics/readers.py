@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from .text import wordpiece_detok
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,6 +33,12 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_text_lines(path: str | os.PathLike, detok: bool = False) -> list[str]:
+    """:func:`read_lines`, with BERT WordPiece pieces (``##x``) joined when ``detok``."""
+    lines = read_lines(path)
+    return [wordpiece_detok(line) for line in lines] if detok else lines
 
 
 def check_same_count(
