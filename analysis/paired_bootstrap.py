@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 from dialogue_metrics.overlap import rouge_l_per_example, unigram_f1
-from dialogue_metrics.readers import InputError, align_by_ids, check_same_count, read_gen_out, read_lines, read_text_lines
+from dialogue_metrics.readers import (
+    InputError, align_by_ids, check_same_count, drop_tokens, read_gen_out, read_lines, read_text_lines,
+)
 from dialogue_metrics.text import tokenize_all, wordpiece_detok
 
 logger = logging.getLogger(__name__)
@@ -93,8 +95,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--knowledge", help="grounding knowledge, one line per example (kf1)")
     parser.add_argument("--metrics", default="f1,rougeL", help=f"comma-separated, of {','.join(METRICS)}")
     parser.add_argument("--wordpiece-detok", action="store_true", help="join ## word pieces of every input first")
-    parser.add_argument("--drop-token", action="append", default=[],
-                        help="a token removed from the knowledge lines (e.g. a sentence separator); repeatable")
+    parser.add_argument("--knowledge-drop-token", "--drop-token", dest="knowledge_drop_token", action="append",
+                        default=[], metavar="TOKEN",
+                        help="a token removed from the knowledge lines (e.g. a sentence separator), as in "
+                        "dialog-metrics; repeatable")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", help="write the results as a JSON list")
@@ -121,8 +125,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         if not gold_path:
             raise SystemExit(f"paired-bootstrap: metric {metric} needs {'--knowledge' if metric == 'kf1' else '--ref'}")
         golds = read_text_lines(gold_path, args.wordpiece_detok)
-        if metric == "kf1" and args.drop_token:
-            golds = [" ".join(w for w in g.split() if w not in args.drop_token) for g in golds]
+        if metric == "kf1":
+            golds = drop_tokens(golds, args.knowledge_drop_token)
         if ids_a is not None:
             golds = align_by_ids(golds, ids_a, gold_path, args.a)
         check_same_count(hyps_a, args.a, golds, gold_path)

@@ -11,7 +11,7 @@ from . import entities, registry, report, safe
 from .evaluate import EvalInputs, evaluate
 from .ngrams import token_counts
 from .ppl import ppl_from_log
-from .readers import InputError, align_by_ids, check_same_count, read_gen_out, read_text_lines
+from .readers import InputError, align_by_ids, check_same_count, drop_tokens, read_gen_out, read_text_lines
 from .text import TOKENIZERS, tokenize_all, wordpiece_detok
 
 logger = logging.getLogger("dialogue_metrics")
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="references, one per line (needed with --hyp; with --gen-out it replaces the T- "
         "lines, picked by example id)")
     add("--knowledge", metavar="FILE", help="grounding knowledge, one line per example (kF1)")
+    add("--knowledge-drop-token", metavar="TOKEN", action="append", default=[],
+        help="a token removed from the knowledge lines before scoring, e.g. the sentence "
+        "separator __knowledge__ of prepare-wow / prepare-cmu-dog; repeatable")
     add("--train-tgt", metavar="FILE", help="training responses, one per line (LF)")
     add("--train-src", metavar="FILE",
         help="training sources (LF with --lf-counts-from src+tgt)")
@@ -69,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read_knowledge(args: argparse.Namespace) -> list[str]:
+    """The --knowledge lines, detokenised as the other inputs, without --knowledge-drop-token."""
+    return drop_tokens(read_text_lines(args.knowledge, args.wordpiece_detok), args.knowledge_drop_token)
+
+
 def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
     """Read every input file named on the command line; checks counts, names files in errors."""
     detok = args.wordpiece_detok
@@ -85,7 +93,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
         knowledge = None
         if args.knowledge:
             knowledge = align_by_ids(
-                read_text_lines(args.knowledge, detok), gen.ids, args.knowledge, args.gen_out
+                _read_knowledge(args), gen.ids, args.knowledge, args.gen_out
             )
         hyp_name = args.gen_out
     else:
@@ -97,7 +105,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
         check_same_count(hyps, f"hypotheses file {args.hyp}", refs, f"references file {args.ref}")
         knowledge = None
         if args.knowledge:
-            knowledge = read_text_lines(args.knowledge, detok)
+            knowledge = _read_knowledge(args)
             check_same_count(hyps, f"hypotheses file {args.hyp}", knowledge,
                              f"knowledge file {args.knowledge}")
         hyp_name = args.hyp
@@ -183,6 +191,8 @@ def run(args: argparse.Namespace) -> dict:
         "wordpiece_detok": args.wordpiece_detok,
         "lowercase": True,
     }
+    if args.knowledge_drop_token:
+        settings["knowledge_drop_tokens"] = list(args.knowledge_drop_token)
     if "lf" in results:
         settings.update(lf_threshold=args.lf_threshold, lf_counts_from=args.lf_counts_from)
     if "safe" in results:

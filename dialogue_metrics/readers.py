@@ -5,7 +5,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 from .text import wordpiece_detok
 
@@ -39,6 +39,16 @@ def read_text_lines(path: str | os.PathLike, detok: bool = False) -> list[str]:
     """:func:`read_lines`, with BERT WordPiece pieces (``##x``) joined when ``detok``."""
     lines = read_lines(path)
     return [wordpiece_detok(line) for line in lines] if detok else lines
+
+
+def drop_tokens(lines: Sequence[str], tokens: Collection[str]) -> list[str]:
+    """``lines`` with every whitespace-separated token in ``tokens`` removed (e.g. the sentence
+    separator of a knowledge file, which is no knowledge); the other tokens keep their order
+    and are joined by single spaces. No tokens: the lines unchanged."""
+    if not tokens:
+        return list(lines)
+    drop = set(tokens)
+    return [" ".join(w for w in line.split() if w not in drop) for line in lines]
 
 
 def check_same_count(

@@ -168,6 +168,26 @@ def test_cli_gen_out_with_knowledge_and_ppl_log(tmp_path, capsys):
     assert report["avg_len"] == pytest.approx((5 + 0 + 4) / 3)
 
 
+def test_cli_knowledge_drop_token_removes_the_separator_before_kf1(tmp_path):
+    gen = tmp_path / "gen.out"
+    gen.write_text(GEN_OUT)
+    # ex2 hypothesis "i am fine ." vs knowledge "fine __knowledge__ good"
+    kn = write(tmp_path / "kn.txt", ["paris", "", "fine __knowledge__ good"])
+    out = tmp_path / "m.json"
+
+    def kf1(*extra: str) -> dict:
+        assert main(["--gen-out", str(gen), "--knowledge", kn, "--json-out", str(out),
+                     "--metrics", "kf1", *extra]) == 0
+        return json.loads(out.read_text())
+
+    # with the separator as a word: P = 1/3, R = 1/3 -> F1 = 1/3; without it: R = 1/2 -> F1 = 0.4
+    assert kf1()["kf1"] == pytest.approx((1 / 3) / 3)
+    dropped = kf1("--knowledge-drop-token", "__knowledge__")
+    assert dropped["kf1"] == pytest.approx(0.4 / 3)
+    assert dropped["settings"]["knowledge_drop_tokens"] == ["__knowledge__"]
+    assert dropped["settings"]["files"]["knowledge"] == kn
+
+
 def test_cli_wordpiece_detok_and_single_token_outputs(tmp_path, capsys):
     hyp = write(tmp_path / "hyp.txt", ["ja ##le ##pen ##os", "yes"])
     ref = write(tmp_path / "ref.txt", ["jalepenos", "no"])

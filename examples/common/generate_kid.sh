@@ -89,7 +89,7 @@ OUT_DIR="${OUT_DIR:-$(dirname "$CHECKPOINT")/gen_kid}"
 # references, one per example (fairseq's T- lines show out-of-vocabulary words as <<unk>>); empty: T- lines
 REFERENCE="${REFERENCE-$TOK_DIR/$SUBSET.tgt}"
 KNOWLEDGE="${KNOWLEDGE-$TOK_DIR/$SUBSET.knowledge}" # grounding text per example (kF1); empty: none
-KNOWLEDGE_SEPARATOR="${KNOWLEDGE_SEPARATOR:-__knowledge__}"  # dropped from KNOWLEDGE before kF1
+KNOWLEDGE_SEPARATOR="${KNOWLEDGE_SEPARATOR-__knowledge__}"  # dropped from KNOWLEDGE before kF1 (empty: nothing dropped)
 METRICS="${METRICS:-kf1,f1,rougeL,bleu1,dist2,avg_len}"
 NAME="${NAME:-$(basename "$(dirname "$CHECKPOINT")")}"
 METRICS_MD="${METRICS_MD:-$OUT_DIR/metrics.$KNOWLEDGE_TAG.h$HOPS.md}"
@@ -183,13 +183,7 @@ if has_stage evaluate; then
   if [ -n "$KNOWLEDGE" ]; then
     [ -f "$KNOWLEDGE" ] || { echo "knowledge not found: $KNOWLEDGE (KNOWLEDGE= for none)" >&2; exit 1; }
     # the separator between knowledge sentences is no knowledge (kF1 would count it as a word)
-    knowledge_eval="$OUT_DIR/$SUBSET.knowledge.eval.txt"
-    SEP="$KNOWLEDGE_SEPARATOR" python3 -c '
-import os, sys
-sep = os.environ["SEP"]
-for line in sys.stdin:
-    sys.stdout.write(" ".join(w for w in line.split() if w != sep) + "\n")' < "$KNOWLEDGE" > "$knowledge_eval"
-    metric_args+=(--knowledge "$knowledge_eval")
+    metric_args+=(--knowledge "$KNOWLEDGE" ${KNOWLEDGE_SEPARATOR:+--knowledge-drop-token "$KNOWLEDGE_SEPARATOR"})
   fi
   [ "$APPEND_MD" = 1 ] || rm -f "$METRICS_MD"
   for decoder in $DECODERS; do
