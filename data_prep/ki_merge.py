@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from data_prep.alignment_text import read_alignments, read_text_lines
 from data_prep.common import CorpusError, setup_logging, console_script
-from data_prep.ki_mine import COUNT_KEYS, shard_paths, strip_prefix, summarize, write_json_atomic
+from data_prep.ki_shards import COUNT_KEYS, shard_paths, strip_prefix, summarize, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ Rules (documented choices):
   tail written after the recorded byte offset, and refuses to resume when the source file,
   the index (its meta.json) or any option differs. Sharded output equals unsharded output
   exactly for a batch-independent encoder; with BERT, padding in differently composed batches
-  changes states by float rounding only.
+  changes states by float rounding only. The shard bookkeeping lives in
+  :mod:`data_prep.ki_shards`.
 
 The core (:class:`Miner`, :func:`mine_shard`) takes injected
 ``word_vectors_fn(sentences: list[list[str]]) -> (vectors float32 (total_words, d),
@@ -56,6 +57,9 @@ from tqdm import tqdm
 
 from data_prep.alignment_text import SUBWORD_FORMATS, format_alignment_line, read_text_lines, words_of
 from data_prep.common import CorpusError, setup_logging, console_script
+from data_prep.ki_shards import (  # noqa: F401  (shard_paths, shard_range, summarize: part of this module's API)
+    COUNT_KEYS, new_counts, record_mismatch, shard_paths, shard_range, source_fingerprint, summarize, write_json_atomic,
+)
 from data_prep.stop_words import english_stop_words, is_stopword
 
 logger = logging.getLogger(__name__)
@@ -68,26 +72,6 @@ SKIP, MASKED, EXACT, SEARCH, OPEN = 1, 2, 3, 4, 5  # OPEN: stopword left unmaske
 
 WordVectorsFn = Callable[[list[list[str]]], "tuple[np.ndarray, np.ndarray]"]
 SearchFn = Callable[[np.ndarray], np.ndarray]
-
-COUNT_KEYS = (
-    "lines",
-    "lines_with_knowledge",
-    "tokens",
-    "tokens_with_knowledge",
-    "tokens_exact",
-    "tokens_retrieved",
-    "tokens_unresolved",
-    "tokens_masked",
-    "tokens_skip",
-    "tokens_stopword_rule",
-    "tokens_content_with_knowledge",
-    "words",
-    "dedup_hits",
-    "lines_mined",
-    "lines_encoded",
-    "words_searched",
-    "words_truncated",
-)
 
 
 @dataclass(frozen=True)
@@ -345,10 +329,6 @@ def count_line(plan: LinePlan, ids: np.ndarray, counts: dict[str, int]) -> None:
                 counts["tokens_unresolved"] += n
 
 
-def new_counts() -> dict[str, int]:
-    return {k: 0 for k in COUNT_KEYS}
-
-
 def mine_chunk(lines: Sequence[str], miner: Miner, cache: LineCache, counts: dict[str, int]) -> list[np.ndarray]:
     """Token ids int64 ``(n_tokens,)`` for each line of a chunk; identical lines (in the chunk
     or in ``cache``) are mined once; newly mined lines are added to ``cache`` in order."""
@@ -387,77 +367,6 @@ def replay_cache(lines: Sequence[str], rows: Sequence[np.ndarray], cache: LineCa
             cache.put(line, ids)
 
 
-# --------------------------------------------------------------------------- shards
-def shard_range(n_lines: int, num_shards: int, shard_id: int) -> tuple[int, int]:
-    """Balanced contiguous line range ``[start, end)`` of shard ``shard_id`` of ``num_shards``."""
-    if num_shards < 1 or not 0 <= shard_id < num_shards:
-        raise ValueError(f"need 0 <= shard-id < num-shards, got shard {shard_id} of {num_shards}")
-    return n_lines * shard_id // num_shards, n_lines * (shard_id + 1) // num_shards
-
-
-def strip_prefix(prefix: str) -> str:
-    """``x.align`` → ``x`` (both commands accept either)."""
-    return prefix[: -len(".align")] if prefix.endswith(".align") else prefix
-
-
-def shard_paths(prefix: str, num_shards: int, shard_id: int) -> dict[str, str]:
-    """``align``, ``progress`` and ``stats`` paths of a shard."""
-    base = f"{strip_prefix(prefix)}.shard{shard_id}of{num_shards}"
-    return {"align": base + ".align", "progress": base + ".progress.json", "stats": base + ".stats.json"}
-
-
-def source_fingerprint(path: str | os.PathLike, n_lines: int) -> dict:
-    from data_prep.ki_index import file_sha256
-
-    return {"path": os.path.abspath(os.fspath(path)), "size": os.path.getsize(path), "sha256": file_sha256(path), "lines": n_lines}
-
-
-def write_json_atomic(path: str, obj: dict) -> None:
-    """Write JSON to ``path + '.tmp'``, fsync, rename over ``path``."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-RECORD_KEYS = ("format", "source", "index", "options", "num_shards", "shard_id", "start_line", "end_line")
-
-
-def _record_mismatch(old: dict, new: dict) -> list[str]:
-    diffs = []
-    for key in RECORD_KEYS:
-        a, b = old.get(key), new.get(key)
-        if key == "source" and isinstance(a, dict) and isinstance(b, dict):
-            # the path may move; the content decides
-            a = {k: v for k, v in a.items() if k != "path"}
-            b = {k: v for k, v in b.items() if k != "path"}
-        if key == "index" and isinstance(a, dict) and isinstance(b, dict):
-            a, b = a.get("meta_sha256"), b.get("meta_sha256")
-        if a != b:
-            if key == "options" and isinstance(a, dict) and isinstance(b, dict):
-                diffs += [f"option {k}: recorded {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-            else:
-                diffs.append(f"{key}: recorded {a!r}, now {b!r}")
-    return diffs
-
-
-def summarize(counts: Mapping[str, int]) -> dict:
-    """Shares derived from summed counts."""
-    tok = max(counts["tokens"], 1)
-    content = max(counts["tokens"] - counts["tokens_stopword_rule"] - counts["tokens_skip"], 1)
-    with_k = max(counts["tokens_with_knowledge"], 1)
-    return {
-        "share_tokens_with_knowledge": counts["tokens_with_knowledge"] / tok,
-        "share_content_tokens_with_knowledge": counts["tokens_content_with_knowledge"] / content,
-        "share_lines_with_knowledge": counts["lines_with_knowledge"] / max(counts["lines"], 1),
-        "share_knowledge_tokens_exact": counts["tokens_exact"] / with_k,
-        "share_knowledge_tokens_retrieved": counts["tokens_retrieved"] / with_k,
-        "dedup_hit_rate": counts["dedup_hits"] / max(counts["lines"], 1),
-    }
-
-
 def mine_shard(
     source: str | os.PathLike,
     output_prefix: str,
@@ -491,7 +400,7 @@ def mine_shard(
     if os.path.exists(paths["progress"]):
         with open(paths["progress"], encoding="utf-8") as f:
             state = json.load(f)
-        diffs = _record_mismatch(state, record)
+        diffs = record_mismatch(state, record)
         if diffs:
             raise ValueError(
                 f"{paths['progress']}: cannot resume, the run differs from the recorded one: "
