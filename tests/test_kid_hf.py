@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairseq_plugins.generation.entity_memory import EntityMemory
+from fairseq_plugins.generation.entity_memory import EntityMemory, KIDOptions
 from data_prep.knowledge_trie import KnowledgeTrie, TrieExample, WordNormalizer
 from fairseq_plugins.generation.token_mapping import TokenMapper
 
@@ -75,6 +75,16 @@ def test_call_reweights_rows_with_knowledge_only(norm: WordNormalizer) -> None:
         assert out[row].softmax(-1)[demo].sum() > scores[row].softmax(-1)[demo].sum()
     # the updated rows keep the scale of the input (log pi* + logsumexp(scores))
     assert torch.allclose(torch.logsumexp(out[:2], -1), torch.logsumexp(scores[:2], -1), atol=1e-4)
+
+
+def test_options_object_replaces_the_keyword_hyper_parameters(norm: WordNormalizer) -> None:
+    torch.manual_seed(1)
+    scores = torch.randn(3, len(VOCAB))
+    by_keywords = KIDLogitsProcessor(tries(norm), mapper(), hops=2, lr=0.5, sigma=0.05, steps=2)(prompts(), scores)
+    by_options = KIDLogitsProcessor(tries(norm), mapper(), hops=4, lr=0.1,  # ignored: options wins
+                                    options=KIDOptions(hops=2, lr=0.5, sigma=0.05, steps=2))(prompts(), scores)
+    assert torch.equal(by_keywords, by_options)
+    assert not torch.equal(by_options, KIDLogitsProcessor(tries(norm), mapper())(prompts(), scores))
 
 
 def test_generate_beam_and_sampling_memory_follows_rows(model, norm: WordNormalizer) -> None:

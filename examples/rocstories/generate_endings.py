@@ -47,11 +47,14 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from fairseq_plugins.generation.entity_memory import KIDOptions
 
 logger = logging.getLogger("generate_endings")
 
@@ -205,12 +208,8 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 0.9
     temperature: float = 1.0
-    hops: int = 4
-    steps: int = 3
-    lr: float = 0.1
-    sigma: float = 0.02
+    kid: Optional["KIDOptions"] = None  # KID hyper-parameters (None: the defaults); the mode comes from each method
     subwords: str = "first"
-    entity: str = "key"
 
 
 class KIDActivity:
@@ -252,12 +251,12 @@ def logits_processors(method: Method, tries: Sequence[Any], mapper: Any, cfg: De
 
     procs: List[Any] = []
     if method.knowledge != "none":
+        from fairseq_plugins.generation.entity_memory import KIDOptions
         from fairseq_plugins.generation.hf_logits_processor import KIDLogitsProcessor
 
         rows = cfg.num_beams if method.decoding == "beam" else 1
-        kid = KIDLogitsProcessor(list(tries), mapper, rows_per_input=rows, hops=cfg.hops, steps=cfg.steps,
-                                 lr=cfg.lr, sigma=cfg.sigma, mode=method.knowledge, entity=cfg.entity,
-                                 subwords=cfg.subwords)
+        kid = KIDLogitsProcessor(list(tries), mapper, rows_per_input=rows, subwords=cfg.subwords,
+                                 options=replace(cfg.kid or KIDOptions(), mode=method.knowledge))
         procs.append(KIDActivity(kid, activity) if activity is not None else kid)
     if method.decoding == "sample":
         if cfg.temperature != 1.0:
@@ -415,10 +414,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     mapper = TokenMapper.from_hf_tokenizer(tokenizer, subwords=args.kid_subwords)
     stop_ids = sentence_end_ids(tokenizer)
     prompts = build_prompts(contexts, tokenizer, args.prompt, args.instruction)
+    from fairseq_plugins.generation.entity_memory import KIDOptions
+
     cfg = DecodeConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
                        num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p,
-                       temperature=args.temperature, hops=args.kid_hops, steps=args.kid_steps, lr=args.kid_lr,
-                       sigma=args.kid_sigma, subwords=args.kid_subwords, entity=args.kid_entity)
+                       temperature=args.temperature, subwords=args.kid_subwords,
+                       kid=KIDOptions(hops=args.kid_hops, steps=args.kid_steps, lr=args.kid_lr,
+                                      sigma=args.kid_sigma, entity=args.kid_entity))
     os.makedirs(args.output_dir, exist_ok=True)
     report: dict = {"args": vars(args), "model": info, "stories": len(contexts), "stop_tokens": len(stop_ids), "methods": {}}
     for method in methods:

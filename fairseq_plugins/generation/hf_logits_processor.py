@@ -99,6 +99,8 @@ def _build_class():
             hops, memory, steps, lr, sigma, beta_init, mode, entity: see
                 :class:`~.entity_memory.KIDOptions` (``memory`` = w_max).
             subwords: ``first`` or ``all`` subwords of each knowledge word.
+            options: a :class:`~.entity_memory.KIDOptions`; when given, the keyword values of
+                hops, memory, steps, lr, sigma, beta_init, mode and entity are ignored.
 
         ``__call__`` takes ``input_ids`` (N, L) and ``scores`` (N, V) and returns a new (N, V)
         tensor: rows with demonstrations hold ``log pi* + logsumexp(scores)`` (the updated
@@ -120,6 +122,7 @@ def _build_class():
             mode: str = "kid",
             entity: str = "key",
             subwords: str = "first",
+            options: Optional[KIDOptions] = None,
         ) -> None:
             if isinstance(tries, (KnowledgeTrie, TrieExample)):
                 tries, shared = [tries], True
@@ -130,10 +133,11 @@ def _build_class():
                 raise ValueError("shared=True takes exactly one trie")
             if not isinstance(rows_per_input, int) or rows_per_input < 1:
                 raise ValueError(f"rows_per_input must be a positive int, got {rows_per_input!r}")
-            options = KIDOptions(
-                hops=hops, window=memory, steps=steps, lr=lr, sigma=sigma,
-                beta_init=beta_init, mode=mode, entity=entity,
-            )
+            if options is None:
+                options = KIDOptions(
+                    hops=hops, window=memory, steps=steps, lr=lr, sigma=sigma,
+                    beta_init=beta_init, mode=mode, entity=entity,
+                )
             if isinstance(tokenizer, TokenMapper):
                 if tokenizer.subwords != subwords:
                     raise ValueError(f"the TokenMapper uses subwords={tokenizer.subwords!r}, not {subwords!r}")
