@@ -75,7 +75,12 @@ if has_stage student; then
     --best-checkpoint-metric nll_loss "$@"
 fi
 
-for model_dir in "$STUDENT_DIR" $(has_stage bottom && echo "$TEACHER_DIR $BOTTOM_DIR"); do
+# decode and score the student (when trained in this run or before) and, with stage bottom, both
+# halves' teachers (Table 6/7: which one answers more generically?)
+models=()
+{ has_stage student || [ -f "$STUDENT_DIR/checkpoint_best.pt" ]; } && models+=("$STUDENT_DIR")
+has_stage bottom && models+=("$TEACHER_DIR" "$BOTTOM_DIR")
+for model_dir in "${models[@]}"; do
   if has_stage generate; then
     WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$model_dir/checkpoint_best.pt" LENPEN="$LENPEN" \
       bash "$ROOT/examples/common/generate.sh"
