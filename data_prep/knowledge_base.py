@@ -15,7 +15,8 @@ input order):
 1. ``--wiki-summaries PATH`` (source ``wikipedia``): a ``.json`` or ``.json.gz`` object
    ``{key: {"title": ..., "extract": ..., ...}}`` (shared/data/wiki_summaries). Item = the
    article title + the first sentence of ``extract`` (``data_prep.first_sentence``): the
-   lexical knowledge item of the KI paper (§4.1). The title is the value's ``title`` (the key where it has none).
+   lexical knowledge item of the KI paper (§4.1). The title is the value's ``title`` (the key
+   where it has none).
 2. ``--wiki-jsonl PATH`` (repeatable, source ``wikipedia``; ``.gz`` allowed): a Wikipedia dump
    as JSON lines, one object per line ``{"title": "Mercury (planet)", "text": "Mercury is the
    smallest planet ..."}`` where ``text`` is the article or its lead; the item is the title
