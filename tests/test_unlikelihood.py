@@ -44,6 +44,24 @@ def test_running_counts_window() -> None:
     assert rc.full and rc.total.tolist() == [0, 0, 1, 2]  # the first batch left the window
 
 
+def test_running_counts_ignore_several_ids() -> None:
+    rc = ul.RunningCounts(4, size=2)
+    rc.add(torch.tensor([[1, 2, 0, 3, 2]]), ignore=(0, 2))
+    assert rc.total.tolist() == [0, 1, 0, 1]
+
+
+def test_short_generations_over_use_the_end_symbol() -> None:
+    """Why EOS is not counted by default: responses of 3 tokens + EOS against human ones of
+    7 + EOS make EOS 1/4 of the generated tokens and 1/8 of the human ones, the largest
+    kldiv weight; penalising it teaches the model never to stop."""
+    eos = 0
+    model = torch.tensor([1, 1, 1, 1])   # EOS, 'a', 'b', 'c': shares 1/4 each
+    human = torch.tensor([1, 2, 2, 3])   # 1/8, 2/8, 2/8, 3/8
+    w = ul.penalty_weights(model, human, "kldiv")
+    assert w[eos].item() == pytest.approx(0.25 * math.log(0.25 / 0.125))
+    assert w[1:].tolist() == [0.0, 0.0, 0.0]  # only the end symbol is over-used
+
+
 def _criterion(tmp_path: Path, *extra: str):
     data = H.make_data_dir(tmp_path / "data")
     cfg = H.make_cfg(data, ["--criterion", "unlikelihood", *extra])
@@ -66,13 +84,14 @@ def test_alpha_zero_and_eval_mode_are_plain_mle(tmp_path: Path) -> None:
 
 def test_unlikelihood_starts_when_the_window_is_full(tmp_path: Path) -> None:
     task, model, crit = _criterion(tmp_path, "--ul-window", "2", "--ul-alpha", "10", "--ul-max-len", "8",
-                                   "--ul-weighting", "uniform", "--label-smoothing", "0")
+                                   "--ul-weighting", "uniform", "--label-smoothing", "0", "--ul-count-eos")
     sample = H.make_sample(task, H.PAIRS)
     model.train()
     loss1, size, log1 = crit(model, sample)
     assert log1["ul_tokens"] == 0 and torch.equal(loss1, log1["mle_loss"])  # window not full yet
     loss2, size, log2 = crit(model, sample)
-    # an untrained model repeats a few tokens the targets rarely use: they are penalised
+    # this untrained model answers every source with EOS at once: counted (--ul-count-eos), the
+    # end symbol is over-used (1/1 of the generated tokens) and penalised
     assert log2["ul_candidates"] > 0 and log2["ul_tokens"] > 0
     expected = log2["mle_loss"] + 10 * log2["ul_loss"] / log2["ul_tokens"] * size
     assert loss2.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -115,3 +134,17 @@ def test_negative_training_penalises_frequent_generations(tmp_path: Path) -> Non
     model.eval()
     loss_eval, _, log_eval = crit(model, sample)
     assert log_eval["nt_negatives"] == 0 and torch.equal(loss_eval, log_eval["mle_loss"])
+
+
+@pytest.mark.parametrize("count_eos", [False, True])
+def test_end_symbol_is_counted_only_with_ul_count_eos(tmp_path: Path, count_eos: bool) -> None:
+    task, model, crit = _criterion(tmp_path, "--ul-window", "1", "--ul-max-len", "8",
+                                   *(["--ul-count-eos"] if count_eos else []))
+    sample = H.make_sample(task, H.PAIRS)
+    model.train()
+    crit(model, sample)
+    d = task.target_dictionary
+    assert crit.human.total[d.pad()] == 0 and crit.generated.total[d.pad()] == 0
+    n_targets = sample["target"].size(0)  # every target ends with EOS
+    assert crit.human.total[d.eos()].item() == (n_targets if count_eos else 0)
+    assert (crit.generated.total[d.eos()].item() > 0) == count_eos

@@ -19,6 +19,8 @@ MAX_EPOCH="${MAX_EPOCH:-1}"                     # epochs of fine-tuning
 SEED="${SEED:-1}"
 UL_ALPHA="${UL_ALPHA:-1000}"                    # paper: searched in 1, 10, 100, 1000; 1000 chosen
 UL_ARGS="${UL_ARGS:-}"                          # e.g. --ul-window 32 --ul-weighting kldiv --ul-max-len 50
+                                                # (--ul-count-eos: penalise an over-used end symbol too,
+                                                # as Li et al.'s agent; see RESULTS.md for what it does)
 NT_RATIO="${NT_RATIO:-0.01}"                    # r_thres of NT
 NT_ARGS="${NT_ARGS:-}"                          # e.g. --nt-window 32 --nt-pos-weight 1 --nt-max-len 50
 LENPEN="${LENPEN:-1.0}"

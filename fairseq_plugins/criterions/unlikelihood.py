@@ -8,7 +8,10 @@ token the model over-uses: over the last ``--ul-window`` training batches, its s
 generated tokens exceeds its share among the gold target tokens (weights ``--ul-weighting``).
 As in Li et al.'s released agent the penalty starts once the window is full, is averaged over
 the penalised tokens, and is added to the per-token MLE (here: multiplied by ``sample_size``
-because fairseq divides the returned sum by it). The ND paper (appendix B) used alpha = 1000 and
+because fairseq divides the returned sum by it). Unlike their agent, the end-of-sentence
+symbol is not counted by default (``--ul-count-eos`` counts it): a model whose responses are
+shorter than the human ones over-uses it, and penalising it teaches the model never to stop
+(measured on DailyDialog: every response ran to the length limit, examples/dailydialog/RESULTS.md). The ND paper (appendix B) used alpha = 1000 and
 fine-tuned a trained Standard model ("refined on the well-trained Standard model"):
 examples/dailydialog/train_ul.sh does that. Validation reports the MLE part only (no generation).
 
@@ -63,13 +66,16 @@ class VocabUnlikelihoodConfig(FairseqDataclass):
     ul_threshold: float = field(default=1e-3, metadata={"help": "minimum weight (kldiv) or frequency excess"})
     ul_max_len: int = field(default=50, metadata={"help": "maximum length of the greedy generations"})
     ul_clamp: float = field(default=1e-6, metadata={"help": "floor of 1 - p inside log(1 - p)"})
+    ul_count_eos: bool = field(
+        default=False, metadata={"help": "count (and so possibly penalise) the end-of-sentence symbol like "
+                                 "any token, as Li et al.'s agent does; off: it is no vocabulary usage"})
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
 @register_criterion("unlikelihood", dataclass=VocabUnlikelihoodConfig)
 class VocabUnlikelihoodCriterion(FairseqCriterion):
     def __init__(self, task, label_smoothing=0.1, ul_alpha=1000.0, ul_window=32, ul_weighting="kldiv",
-                 ul_threshold=1e-3, ul_max_len=50, ul_clamp=1e-6, sentence_avg=False):
+                 ul_threshold=1e-3, ul_max_len=50, ul_clamp=1e-6, ul_count_eos=False, sentence_avg=False):
         super().__init__(task)
         self.eps = label_smoothing
         self.alpha = ul_alpha
@@ -80,7 +86,9 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
         self.max_len = ul_max_len
         self.clamp = ul_clamp
         self.sentence_avg = sentence_avg
-        vocab = len(task.target_dictionary)
+        d = task.target_dictionary
+        self.uncounted = (d.pad(),) if ul_count_eos else (d.pad(), d.eos())
+        vocab = len(d)
         self.generated = ul.RunningCounts(vocab, ul_window)
         self.human = ul.RunningCounts(vocab, ul_window)
 
@@ -116,8 +124,8 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
         d = self.task.target_dictionary
         net_input = sample["net_input"]
         gen = greedy_in_eval_mode(model, net_input, self.max_len, d)
-        self.generated.add(gen, ignore=d.pad())
-        self.human.add(target, ignore=d.pad())
+        self.generated.add(gen, ignore=self.uncounted)
+        self.human.add(target, ignore=self.uncounted)
         zero = target.new_zeros((), dtype=torch.float)
         if not self.generated.full or gen.numel() == 0:
             return zero, 0, 0

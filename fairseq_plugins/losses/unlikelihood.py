@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from typing import Optional
+from typing import Collection, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,11 +89,12 @@ class RunningCounts:
         self.window: deque = deque()
         self.total = torch.zeros(vocab_size, dtype=torch.long)
 
-    def add(self, tokens: Tensor, ignore: Optional[int] = None) -> None:
-        """Count the tokens of one batch (any shape), skipping the id ``ignore`` (padding)."""
+    def add(self, tokens: Tensor, ignore: Union[int, Collection[int], None] = None) -> None:
+        """Count the tokens of one batch (any shape), skipping the id or ids ``ignore``
+        (padding; the end-of-sentence symbol where it is no vocabulary usage)."""
         flat = tokens.reshape(-1).cpu()
-        if ignore is not None:
-            flat = flat[flat != ignore]
+        for idx in ([ignore] if isinstance(ignore, int) else ignore or ()):
+            flat = flat[flat != idx]
         counts = torch.bincount(flat, minlength=self.total.numel())
         self.window.append(counts)
         self.total += counts
