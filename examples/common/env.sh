@@ -37,3 +37,22 @@ optimiser_args() {
   echo "--optimizer adam --adam-betas (0.9,0.98) --clip-norm 0.1 --lr ${LR:-0.001} --lr-scheduler inverse_sqrt \
 --warmup-updates ${WARMUP:-400} --warmup-init-lr 1e-07 --weight-decay 0.0001 --max-tokens ${MAX_TOKENS:-4096}"
 }
+
+# binarise_split TOK_PREFIX DATA_BIN NAME: TOK_PREFIX.{src,tgt} -> DATA_BIN/NAME.src-tgt.{src,tgt}.{bin,idx}
+# with DATA_BIN's own dict.{src,tgt}.txt: one more split of an already binarised corpus (fairseq's
+# log is shown only when it fails).
+binarise_split() {
+  local prefix="$1" data_bin="$2" name="$3" tmp f
+  tmp="$(mktemp -d)"
+  if ! fairseq-preprocess --source-lang src --target-lang tgt --testpref "$prefix" \
+      --srcdict "$data_bin/dict.src.txt" --tgtdict "$data_bin/dict.tgt.txt" --destdir "$tmp" --workers 1 \
+      > "$tmp/preprocess.log" 2>&1; then
+    cat "$tmp/preprocess.log" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  for f in "$tmp"/test.src-tgt.*; do
+    mv "$f" "$data_bin/$name.${f##*/test.}"
+  done
+  rm -rf "$tmp"
+}

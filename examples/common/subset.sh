@@ -27,12 +27,5 @@ for f in "$TOK_DIR/$FROM".*; do
   awk -v every="$EVERY" '(NR - 1) % every == 0' "$f" > "$TOK_DIR/$NAME.${f##*/$FROM.}"
 done
 
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-fairseq-preprocess --source-lang src --target-lang tgt --testpref "$TOK_DIR/$NAME" \
-  --srcdict "$DATA_BIN/dict.src.txt" --tgtdict "$DATA_BIN/dict.tgt.txt" --destdir "$tmp" --workers 1 \
-  > "$tmp/preprocess.log" 2>&1 || { cat "$tmp/preprocess.log" >&2; exit 1; }
-for f in "$tmp"/test.src-tgt.*; do
-  mv "$f" "$DATA_BIN/$NAME.${f##*/test.}"
-done
+binarise_split "$TOK_DIR/$NAME" "$DATA_BIN" "$NAME"
 echo "$NAME: $(wc -l < "$TOK_DIR/$NAME.src") of the $n_examples examples of $FROM -> $TOK_DIR/$NAME.*, $DATA_BIN/$NAME.src-tgt.*"

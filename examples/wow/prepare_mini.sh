@@ -22,10 +22,11 @@ POOLED_SPLIT="${POOLED_SPLIT:-}"                # name of an extra split = train
 WORKERS="${WORKERS:-2}"
 # -------------------------------------------------------------------------------------------
 
+splits=(train valid test)
 rm -rf "$WORK/raw"
 prepare-wow --format mini --input "$WOW_MINI" --output "$WORK/raw" --lowercase \
   --knowledge-separator "$KNOWLEDGE_SEPARATOR"
-for split in train valid test; do
+for split in "${splits[@]}"; do
   [ -f "$WORK/raw/$split.src" ] || { echo "split '$split' not found in $WOW_MINI (see $WORK/raw/stats.json)" >&2; exit 1; }
   if [ -n "$MAX_EXAMPLES" ]; then
     for ext in src tgt knowledge; do
@@ -36,7 +37,6 @@ for split in train valid test; do
 done
 tokenize-dialog --input "$WORK/raw" --output "$WORK/tok" --tokenizer bert --max-src-tokens "$MAX_SRC_TOKENS" \
   --keep-tokens __eou__ "$KNOWLEDGE_SEPARATOR"
-splits=(train valid test)
 if [ -n "$POOLED_SPLIT" ]; then
   [[ " ${splits[*]} " != *" $POOLED_SPLIT "* ]] || { echo "POOLED_SPLIT must not be one of: ${splits[*]}" >&2; exit 1; }
   for ext in src tgt knowledge; do
@@ -52,9 +52,9 @@ if [ -n "$DICT_DIR" ]; then
 fi
 rm -rf "$WORK/data-bin"
 fairseq-preprocess --source-lang src --target-lang tgt \
-  --trainpref "$WORK/tok/train" --validpref "$WORK/tok/valid" --testpref "$WORK/tok/test${POOLED_SPLIT:+,$WORK/tok/$POOLED_SPLIT}" \
+  --trainpref "$WORK/tok/train" --validpref "$WORK/tok/valid" --testpref "$WORK/tok/test" \
   --destdir "$WORK/data-bin" "${dict_args[@]}" --workers "$WORKERS"
-if [ -n "$POOLED_SPLIT" ]; then   # fairseq names the second test prefix test1
-  for f in "$WORK/data-bin"/test1.src-tgt.*; do mv "$f" "$WORK/data-bin/$POOLED_SPLIT.${f##*/test1.}"; done
+if [ -n "$POOLED_SPLIT" ]; then
+  binarise_split "$WORK/tok/$POOLED_SPLIT" "$WORK/data-bin" "$POOLED_SPLIT"
 fi
 echo "prepared: $WORK/data-bin ($(wc -l < "$WORK/data-bin/dict.src.txt") dictionary entries + 4 specials)"
