@@ -36,6 +36,9 @@ Rules (documented choices):
   changes states by float rounding only. The shard bookkeeping lives in
   :mod:`data_prep.ki_shards`.
 
+The word-level helpers of the first three rules (skip tokens, the stopword set, exact title
+matching) live in :mod:`data_prep.ki_matching`.
+
 The core (:class:`Miner`, :func:`mine_shard`) takes injected
 ``word_vectors_fn(sentences: list[list[str]]) -> (vectors float32 (total_words, d),
 encoded bool (total_words,))`` and ``search_fn(queries float32 (n, d)) -> ids int64 (n,)``.
@@ -47,7 +50,6 @@ import json
 import logging
 import os
 import time
-import unicodedata
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Sequence
@@ -57,15 +59,15 @@ from tqdm import tqdm
 
 from data_prep.alignment_text import SUBWORD_FORMATS, format_alignment_line, read_text_lines, words_of
 from data_prep.common import CorpusError, setup_logging, console_script
+from data_prep.ki_matching import (  # noqa: F401  (CONTRACTION_REMNANTS, normalize_phrase: part of this module's API)
+    CONTRACTION_REMNANTS, DEFAULT_SKIP_TOKENS, build_title_matcher, default_stopwords, exact_match_ids, normalize_phrase,
+)
 from data_prep.ki_shards import (  # noqa: F401  (shard_paths, shard_range, summarize: part of this module's API)
     COUNT_KEYS, new_counts, record_mismatch, shard_paths, shard_range, source_fingerprint, summarize, write_json_atomic,
 )
-from data_prep.stop_words import english_stop_words, is_stopword
+from data_prep.stop_words import is_stopword
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SKIP_TOKENS = ("__eou__", "[SEP]", "[CLS]", "[PAD]", "[MASK]", "[UNK]", "<s>", "</s>", "<pad>", "<unk>")
-CONTRACTION_REMNANTS = frozenset({"s", "t", "m", "d", "ll", "re", "ve"})
 
 # per-word kinds
 SKIP, MASKED, EXACT, SEARCH, OPEN = 1, 2, 3, 4, 5  # OPEN: stopword left unmasked (--no-stopword-masking) -> searched
@@ -104,60 +106,6 @@ class MiningOptions:
     def to_record(self) -> dict:
         """JSON-normalised dict (tuples become lists)."""
         return json.loads(json.dumps(asdict(self)))
-
-
-# --------------------------------------------------------------------------- words and titles
-def normalize_phrase(text: str) -> str:
-    """Lower-case, strip accents, split punctuation off words, single spaces (what BERT's
-    uncased basic tokenizer does before WordPiece): ``"L. Frank Baum"`` → ``"l . frank baum"``."""
-    text = unicodedata.normalize("NFD", text.lower())
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
-    text = "".join(f" {ch} " if (unicodedata.category(ch).startswith("P") or ch in "$+<=>^`|~") else ch for ch in text)
-    return " ".join(text.split())
-
-
-def build_title_matcher(title_index: Mapping[str, int], max_title_words: int) -> dict[str, int]:
-    """``phrase -> id`` for exact matching: every key of ``title_index`` (lower-cased, single
-    spaces) of at most ``max_title_words`` words, then each key's :func:`normalize_phrase`
-    variant where that is new (smallest id wins among variants)."""
-    matcher: dict[str, int] = {}
-    for key, item_id in title_index.items():
-        key = " ".join(key.lower().split())
-        if key and len(key.split(" ")) <= max_title_words:
-            matcher.setdefault(key, int(item_id))
-    for key, item_id in sorted(title_index.items(), key=lambda kv: kv[1]):
-        norm = normalize_phrase(key)
-        if norm and len(norm.split(" ")) <= max_title_words:
-            matcher.setdefault(norm, int(item_id))
-    return matcher
-
-
-def default_stopwords() -> frozenset[str]:
-    """spaCy's English ``STOP_WORDS`` plus BERT contraction remnants."""
-    return english_stop_words() | CONTRACTION_REMNANTS
-
-
-def exact_match_ids(
-    words_lower: Sequence[str], matcher: Mapping[str, int], max_n: int, stop: Sequence[bool], skip: Sequence[bool]
-) -> np.ndarray:
-    """Greedy left-to-right, longest-first n-gram title matching. Returns int64 ``(W,)``:
-    the matched item id per word, 0 where none. Stopword-only n-grams and n-grams containing
-    a skip word are not allowed."""
-    w = len(words_lower)
-    out = np.zeros(w, dtype=np.int64)
-    i = 0
-    while i < w:
-        matched = 0
-        for n in range(min(max_n, w - i), 0, -1):
-            if any(skip[i : i + n]) or all(stop[i : i + n]):
-                continue
-            item = matcher.get(" ".join(words_lower[i : i + n]))
-            if item:
-                out[i : i + n] = item
-                matched = n
-                break
-        i += matched or 1
-    return out
 
 
 @dataclass
