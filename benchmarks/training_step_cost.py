@@ -42,6 +42,8 @@ Criteria (``--criteria``, comma-separated keys):
 * ``nd``: ``negative_distillation`` with its defaults (pred + hid + att, soft targets,
   progressive alpha). ``--teacher-path``: a checkpoint of the same architecture; default a
   random teacher of the same architecture saved to a temporary checkpoint (same cost).
+* ``nd_pred``, ``nd_hid``, ``nd_att``: the same with one term only (``--nd-terms``), for the
+  breakdown of ND's extra cost (each includes the teacher's forward pass).
 * ``ul``: ``unlikelihood`` (token-level vocabulary unlikelihood, greedy generations of up to
   ``--ul-max-len`` tokens) with ``--ul-window 1``, so its penalty term is active from the first
   step (steady-state cost; with the default window of 32 the first 32 steps skip it).
@@ -82,6 +84,11 @@ SMALL_ARCH = (
 CRITERION_NAMES = {
     "lsce": "label_smoothed_cross_entropy",
     "nd": "negative_distillation",
+    # one ND term at a time (--nd-terms), for the breakdown of ND's cost: each pays the
+    # teacher's forward pass too
+    "nd_pred": "negative_distillation",
+    "nd_hid": "negative_distillation",
+    "nd_att": "negative_distillation",
     "ul": "unlikelihood",
     "ki": "knowledge_internalization",
 }
@@ -304,16 +311,19 @@ def criterion_args(key: str, args: argparse.Namespace, tmp: Path, template: Any)
     """fairseq flags of criterion ``key`` (creates the ND teacher / KI table files in ``tmp``)."""
     if key == "lsce":
         return ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
-    if key == "nd":
+    if key == "nd" or key.startswith("nd_"):
         teacher = args.teacher_path
         if not teacher:
-            torch.manual_seed(args.seed + 1)
-            from fairseq import tasks
+            teacher = str(tmp / "random_teacher.pt")
+            if not Path(teacher).exists():  # one teacher shared by the ND variants
+                torch.manual_seed(args.seed + 1)
+                from fairseq import tasks
 
-            t_model = tasks.setup_task(template.task).build_model(template.model)
-            teacher = str(save_random_checkpoint(t_model, template, tmp / "random_teacher.pt"))
-            logger.info("ND: random teacher of the same architecture saved to %s", teacher)
-        return ["--criterion", "negative_distillation", "--teacher-path", teacher]
+                t_model = tasks.setup_task(template.task).build_model(template.model)
+                save_random_checkpoint(t_model, template, Path(teacher))
+                logger.info("ND: random teacher of the same architecture saved to %s", teacher)
+        terms = ["--nd-terms", key[len("nd_"):]] if key.startswith("nd_") else []
+        return ["--criterion", "negative_distillation", "--teacher-path", teacher, *terms]
     if key == "ul":
         return ["--criterion", "unlikelihood", "--ul-window", "1", "--ul-max-len", str(args.ul_max_len)]
     if key == "ki":

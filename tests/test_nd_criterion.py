@@ -107,6 +107,31 @@ def test_loss_equals_eq13_from_the_pure_functions(setup) -> None:
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_temperature_one_shares_the_nll_log_softmax_with_identical_loss_and_gradients(setup) -> None:
+    """At t = 1 the criterion feeds its NLL's log-probabilities to L_pred; loss and gradients are
+    those of Eq. 13 built from the logits form of L_pred."""
+    task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=0.4, label_smoothing=0.1,
+                               nd_terms="pred")
+    sample = H.make_sample(task, H.PAIRS)
+    model.train()
+    loss, sample_size, log = crit(model, sample)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_s = model(**sample["net_input"])
+    with torch.no_grad():
+        out_t = crit.teacher(**sample["net_input"])
+    ref_crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    mle, _ = ref_crit.compute_loss(model, out_s, sample, reduce=True)
+    pred = nd.soft_unlikelihood(out_s[0], out_t[0], sample["target"].ne(1), temperature=1.0)
+    expected = 0.6 * mle + 0.4 * pred
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert float(log["nd_pred"]) == pytest.approx(pred.item(), rel=1e-6)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_terms_can_be_switched_off(setup) -> None:
     task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=0.5, nd_terms="hid")
     _, _, log = crit(model, H.make_sample(task, H.PAIRS))

@@ -65,6 +65,51 @@ def test_soft_unlikelihood_analytic_gradient_matches_autograd(temperature: float
     assert torch.autograd.gradcheck(lambda x: nd.soft_unlikelihood(x, teacher, mask, temperature, chunk_elements=27), (student,))
 
 
+def test_soft_unlikelihood_from_log_probs_matches_the_logits_form() -> None:
+    """The criterion's shared-log-softmax path: same value, and through the caller's log-softmax
+    the same gradient, including the clamp and the expm1 branch."""
+    torch.manual_seed(3)
+    student = torch.randn(3, 4, 9, dtype=torch.float64)
+    student[0, 0, 2] = 40.0
+    student[2, 3, 4] = 4.0
+    student.requires_grad_()
+    teacher = torch.randn(3, 4, 9, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True], [True, False, False, False], [True, True, True, True]])
+    ref = nd.soft_unlikelihood(student, teacher, mask, 1.0, chunk_elements=20)
+    (grad_ref,) = torch.autograd.grad(ref, student)
+    got = nd.soft_unlikelihood(torch.log_softmax(student, -1), teacher, mask, 1.0, chunk_elements=20,
+                               student_log_probs=True)
+    (grad_got,) = torch.autograd.grad(got, student)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(grad_got, grad_ref, rtol=1e-9, atol=1e-12)
+    log_p = torch.log_softmax(student.detach(), -1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: nd.soft_unlikelihood(x, teacher, mask, 1.0, chunk_elements=27, student_log_probs=True), (log_p,))
+    with pytest.raises(ValueError, match="temperature 1"):
+        nd.soft_unlikelihood(log_p, teacher, mask, 2.0, student_log_probs=True)
+
+
+def test_soft_unlikelihood_never_computes_masked_positions() -> None:
+    """Padding positions may hold anything (here inf and nan): they are skipped, not multiplied
+    by 0, so neither the value nor the gradient sees them."""
+    torch.manual_seed(4)
+    student = torch.randn(2, 3, 6)
+    teacher = torch.randn(2, 3, 6)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    clean = nd.soft_unlikelihood(student, teacher, mask, reduce=False)
+    student[0, 2] = float("inf")
+    student[1, 1:] = float("nan")
+    teacher[1, 2] = float("nan")
+    student.requires_grad_()
+    per_position = nd.soft_unlikelihood(student, teacher, mask, reduce=False)
+    assert torch.equal(per_position.detach(), clean)
+    assert per_position[~mask].abs().max() == 0
+    per_position.sum().backward()
+    assert torch.isfinite(student.grad).all() and student.grad[~mask].abs().max() == 0
+    with pytest.raises(ValueError, match="mask"):
+        nd.soft_unlikelihood(student, teacher, mask[:, :2])
+
+
 def test_soft_unlikelihood_does_not_depend_on_chunking_nor_grad_of_teacher() -> None:
     torch.manual_seed(1)
     student = torch.randn(2, 5, 7, requires_grad=True)

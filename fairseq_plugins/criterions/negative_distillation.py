@@ -314,8 +314,12 @@ class NegativeDistillationCriterion(FairseqCriterion):
         capture_s = AttentionScoreCapture(model.decoder, att_kind) if att_kind else contextlib.nullcontext()
         with capture_s:
             net_output = model(**sample["net_input"])
+        # at t = 1 L_pred reads the student's log-softmax of the NLL (one shared log-softmax
+        # forward and backward instead of two)
+        share_lprobs = "pred" in use and self.target_kind == "soft" and self.temperature == 1.0
+        lprobs = model.get_normalized_probs(net_output, log_probs=True) if share_lprobs else None
         mle, nll, target, sample_size = label_smoothed_mle(
-            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
+            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg, lprobs=lprobs
         )
 
         pred = None
@@ -329,7 +333,9 @@ class NegativeDistillationCriterion(FairseqCriterion):
                 t_output = teacher(**net_input)
             if "pred" in use:
                 if self.target_kind == "soft":
-                    pred = nd.soft_unlikelihood(net_output[0], t_output[0], target_mask, self.temperature, self.clamp)
+                    student = lprobs if share_lprobs else net_output[0]
+                    pred = nd.soft_unlikelihood(student, t_output[0], target_mask, self.temperature, self.clamp,
+                                                student_log_probs=share_lprobs)
                 else:
                     neg = self._negative_tokens(sample, teacher, target)
                     pred = nd.hard_unlikelihood(net_output[0], neg, target_mask & neg.ne(self.padding_idx),
