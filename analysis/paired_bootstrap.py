@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from dialogue_metrics.overlap import rouge_l_per_example, unigram_f1
 from dialogue_metrics.readers import (
-    InputError, align_by_ids, check_same_count, drop_tokens, read_gen_out, read_lines, read_text_lines,
+    InputError, align_by_ids, check_same_count, drop_tokens, parse_gen_out, read_lines, read_text_lines,
 )
 from dialogue_metrics.text import tokenize_all, wordpiece_detok
 
@@ -79,7 +79,7 @@ def _read_system(path: str, detok: bool) -> tuple[list[int] | None, list[str]]:
     """(example ids or None for a plain file, hypotheses)."""
     lines = read_lines(path)
     if any(line.startswith(("H-", "D-")) for line in lines[:1000]):
-        gen = read_gen_out(path)
+        gen = parse_gen_out(lines, path)
         hyps = gen.hypotheses
         ids: list[int] | None = gen.ids
     else:

@@ -77,7 +77,12 @@ _GEN_LINE = re.compile(r"^([STHDP])-(\d+)\t(.*)$")
 
 
 def read_gen_out(path: str | os.PathLike) -> GenOutput:
-    """Parse the stdout of ``fairseq-generate`` (one file).
+    """Parse the stdout of ``fairseq-generate`` (one file): :func:`parse_gen_out` of its lines."""
+    return parse_gen_out(read_lines(path), os.fspath(path))
+
+
+def parse_gen_out(lines: Sequence[str], name: str) -> GenOutput:
+    """Parse the lines of a ``fairseq-generate`` output; ``name`` (the file) is used in errors.
 
     Recognised lines: ``S-<id>\\t<source>``, ``T-<id>\\t<reference>``,
     ``H-<id>\\t<score>\\t<hypothesis>``, ``D-<id>\\t<score>\\t<detokenised hypothesis>`` and
@@ -88,12 +93,11 @@ def read_gen_out(path: str | os.PathLike) -> GenOutput:
     References/sources are ``None`` if the file has no ``T-``/``S-`` line at all; an id that has
     a hypothesis but lacks a ``T-`` line while others have one is an error.
     """
-    name = os.fspath(path)
     src: dict[int, str] = {}
     tgt: dict[int, str] = {}
     hyp_h: dict[int, str] = {}
     hyp_d: dict[int, str] = {}
-    for lineno, line in enumerate(read_lines(path), start=1):
+    for lineno, line in enumerate(lines, start=1):
         m = _GEN_LINE.match(line)
         if not m:
             continue
