@@ -84,9 +84,11 @@ def test_alpha_zero_equals_plain_mle_loss_and_gradients(setup, eps: float) -> No
         assert torch.equal(g_nd, p.grad)
 
 
-def test_loss_equals_eq13_from_the_pure_functions(setup) -> None:
+@pytest.mark.parametrize("terms", ["pred,hid,att", "hid,att"])
+def test_loss_equals_eq13_from_the_pure_functions(setup, terms: str) -> None:
+    """All terms, and without L_pred (where the teacher runs without its output projection)."""
     task, model, crit = direct(setup, nd_alpha_schedule="fixed", nd_alpha=0.3, label_smoothing=0.0,
-                               nd_temperature=2.0)
+                               nd_temperature=2.0, nd_terms=terms)
     sample = H.make_sample(task, H.PAIRS)
     loss, sample_size, log = crit(model, sample)
     with AttentionScoreCapture(model.decoder) as cs:
@@ -103,6 +105,8 @@ def test_loss_equals_eq13_from_the_pure_functions(setup) -> None:
     amask = attention_mask("self", mask, sample["net_input"]["prev_output_tokens"].eq(1))
     att = [nd.mrse(s, t, amask) for s, t in zip(cs.scores["self"], ct.scores["self"])]
     assert len(hid) == len(att) == 2
+    if "pred" not in terms:
+        pred = 0.0
     expected = 0.7 * mle + 0.3 * (pred + sample_size * (sum(hid) + sum(att)))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 

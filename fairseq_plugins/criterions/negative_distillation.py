@@ -329,8 +329,10 @@ class NegativeDistillationCriterion(FairseqCriterion):
             target_mask = target.ne(self.padding_idx)
             net_input = sample["net_input"]
             capture_t = AttentionScoreCapture(teacher.decoder, att_kind) if att_kind else contextlib.nullcontext()
+            # the teacher's output projection only feeds the soft L_pred
+            teacher_logits = "pred" in use and self.target_kind == "soft"
             with torch.no_grad(), capture_t:
-                t_output = teacher(**net_input)
+                t_output = teacher(**net_input, features_only=not teacher_logits)
             if "pred" in use:
                 if self.target_kind == "soft":
                     student = lprobs if share_lprobs else net_output[0]
