@@ -48,10 +48,12 @@ def log1mexp(log_p: Tensor, eps: float = 1e-6) -> Tensor:
     return out
 
 
-# rows x vocabulary elements per chunk: 1 MB blocks in float32, so that the dozen elementwise
-# passes of a chunk run in the L2 cache (measured on 2 CPU cores, 3,000 x 14,696 logits:
-# forward + backward 1.6 s at 2^18 against 2.4 s at 2^22; benchmarks/README.md)
+# rows x vocabulary elements per chunk. On CPU 1 MB blocks in float32, so that the dozen
+# elementwise passes of a chunk run in the L2 cache (measured on 2 CPU cores, 3,000 x 14,696
+# logits: forward + backward 1.6 s at 2^18 against 2.4 s at 2^22; benchmarks/README.md); on a
+# GPU larger blocks, so that each kernel launch has enough work.
 SOFT_UL_CHUNK_ELEMENTS = 1 << 18
+SOFT_UL_CHUNK_ELEMENTS_GPU = 1 << 22
 
 
 def _above_half(log_p: Tensor):
@@ -176,7 +178,7 @@ def soft_unlikelihood(
     temperature: float = 1.0,
     eps: float = 1e-6,
     reduce: bool = True,
-    chunk_elements: int = SOFT_UL_CHUNK_ELEMENTS,
+    chunk_elements: Optional[int] = None,
     student_log_probs: bool = False,
 ) -> Tensor:
     """Soft unlikelihood L_pred (Eq. 6–7).
@@ -192,8 +194,8 @@ def soft_unlikelihood(
         eps: ``1 - p_S`` is floored at ``eps`` (see :func:`log1mexp`).
         reduce: sum over positions (scalar) if True, else per-position values ``(B, T)``.
         chunk_elements: positions are processed ``max(1, chunk_elements // V)`` at a time, in the
-            forward and in the analytic backward (:class:`_SoftUnlikelihood`); the value and the
-            gradient do not depend on it.
+            forward and in the analytic backward (:class:`_SoftUnlikelihood`); None = 2^18 on
+            CPU, 2^22 on other devices. The value and the gradient do not depend on it.
         student_log_probs: see ``student_logits``; value and gradient (through the caller's
             log-softmax) are those of the logits form.
 
@@ -208,6 +210,9 @@ def soft_unlikelihood(
         raise ValueError(f"student log-probabilities are at temperature 1; got temperature {temperature} "
                          "(pass the logits instead)")
     vocab = student_logits.size(-1)
+    if chunk_elements is None:
+        on_cpu = student_logits.device.type == "cpu"
+        chunk_elements = SOFT_UL_CHUNK_ELEMENTS if on_cpu else SOFT_UL_CHUNK_ELEMENTS_GPU
     chunk = max(1, chunk_elements // max(vocab, 1))
     flat = student_logits.reshape(-1, vocab)
     if mask is None:
