@@ -314,9 +314,10 @@ class NegativeDistillationCriterion(FairseqCriterion):
         capture_s = AttentionScoreCapture(model.decoder, att_kind) if att_kind else contextlib.nullcontext()
         with capture_s:
             net_output = model(**sample["net_input"])
+        soft_pred = "pred" in use and self.target_kind == "soft"
         # at t = 1 L_pred reads the student's log-softmax of the NLL (one shared log-softmax
         # forward and backward instead of two)
-        share_lprobs = "pred" in use and self.target_kind == "soft" and self.temperature == 1.0
+        share_lprobs = soft_pred and self.temperature == 1.0
         lprobs = model.get_normalized_probs(net_output, log_probs=True) if share_lprobs else None
         mle, nll, target, sample_size = label_smoothed_mle(
             model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg, lprobs=lprobs
@@ -330,18 +331,16 @@ class NegativeDistillationCriterion(FairseqCriterion):
             net_input = sample["net_input"]
             capture_t = AttentionScoreCapture(teacher.decoder, att_kind) if att_kind else contextlib.nullcontext()
             # the teacher's output projection only feeds the soft L_pred
-            teacher_logits = "pred" in use and self.target_kind == "soft"
             with torch.no_grad(), capture_t:
-                t_output = teacher(**net_input, features_only=not teacher_logits)
-            if "pred" in use:
-                if self.target_kind == "soft":
-                    student = lprobs if share_lprobs else net_output[0]
-                    pred = nd.soft_unlikelihood(student, t_output[0], target_mask, self.temperature, self.clamp,
-                                                student_log_probs=share_lprobs)
-                else:
-                    neg = self._negative_tokens(sample, teacher, target)
-                    pred = nd.hard_unlikelihood(net_output[0], neg, target_mask & neg.ne(self.padding_idx),
-                                                self.temperature, self.clamp)
+                t_output = teacher(**net_input, features_only=not soft_pred)
+            if soft_pred:
+                student = lprobs if share_lprobs else net_output[0]
+                pred = nd.soft_unlikelihood(student, t_output[0], target_mask, self.temperature, self.clamp,
+                                            student_log_probs=share_lprobs)
+            elif "pred" in use:
+                neg = self._negative_tokens(sample, teacher, target)
+                pred = nd.hard_unlikelihood(net_output[0], neg, target_mask & neg.ne(self.padding_idx),
+                                            self.temperature, self.clamp)
             if "hid" in use:
                 s_states = net_output[1]["inner_states"][1:]
                 t_states = t_output[1]["inner_states"][1:]

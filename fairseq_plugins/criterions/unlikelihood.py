@@ -12,8 +12,9 @@ because fairseq divides the returned sum by it). Unlike their agent, the end-of-
 symbol is not counted by default (``--ul-count-eos`` counts it): a model whose responses are
 shorter than the human ones over-uses it, and penalising it teaches the model never to stop
 (measured on DailyDialog: every response ran to the length limit, examples/dailydialog/RESULTS.md).
-The ND paper (appendix B) used alpha = 1000 and fine-tuned a trained Standard model ("refined on the well-trained Standard model"):
-examples/dailydialog/train_ul.sh does that. Validation reports the MLE part only (no generation).
+The ND paper (appendix B) used alpha = 1000 and fine-tuned a trained Standard model
+("refined on the well-trained Standard model"): examples/dailydialog/train_ul.sh does that.
+Validation reports the MLE part only (no generation).
 
 Criterion ``negative_training``: the NT baseline (He & Glass, 2020, frequent responses)::
 

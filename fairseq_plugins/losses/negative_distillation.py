@@ -68,11 +68,12 @@ def _above_half(log_p: Tensor):
 def _log1mexp_(log_p: Tensor, eps: float) -> Tensor:
     """:func:`log1mexp` of ``(R, V)`` log-distributions the caller owns, computed in their
     storage (returned)."""
+    limit = math.log1p(-eps)
     big = _above_half(log_p)
     log_p_big = log_p[big] if big[0].numel() else None
-    out = log_p.clamp_(max=math.log1p(-eps)).exp_().neg_().log1p_()
+    out = log_p.clamp_(max=limit).exp_().neg_().log1p_()
     if log_p_big is not None:
-        out[big] = torch.log(-torch.expm1(log_p_big.clamp(max=math.log1p(-eps))))
+        out[big] = torch.log(-torch.expm1(log_p_big.clamp(max=limit)))
     return out
 
 
@@ -98,13 +99,13 @@ def _soft_ul_inputs(s: Tensor, z_t: Tensor, temperature: float, log_probs: bool)
     ``z_t``: teacher logits; both fresh copies of the chunk (``index_select``), which the
     function and its caller may overwrite: ``log_p_s`` is ``s`` itself in the log-probs case."""
     dtype = torch.promote_types(s.dtype, torch.float32)
-    scale = 1.0 / temperature
-    if log_probs:
-        log_p_s = s.to(dtype)
-    else:
-        log_p_s = F.log_softmax(s.to(dtype) * scale if temperature != 1.0 else s.to(dtype), dim=-1)
-    p_n = F.softmax(z_t.to(dtype) * scale if temperature != 1.0 else z_t.to(dtype), dim=-1)
-    return log_p_s, p_n
+
+    def softened(z: Tensor) -> Tensor:
+        z = z.to(dtype)
+        return z / temperature if temperature != 1.0 else z
+
+    log_p_s = s.to(dtype) if log_probs else F.log_softmax(softened(s), dim=-1)
+    return log_p_s, F.softmax(softened(z_t), dim=-1)
 
 
 def _row_dot_(a: Tensor, b: Tensor) -> Tensor:
