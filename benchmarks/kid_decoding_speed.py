@@ -205,7 +205,8 @@ def build_generators(args: argparse.Namespace, models: List[Any], task: Any, tri
 def merged_tries(trie_path: str, n_examples: int, target_keys: int) -> Tuple[Any, float]:
     """Per example i: its own trie, then the tries of examples i+1, i+2, ... merged in until
     it has >= target_keys keys, cut to target_keys (own keys first). Returns (tries, mean keys)."""
-    from data_prep.knowledge_trie import InMemoryTries, KnowledgeTrie, TrieExample, load_jsonl
+    from data_prep.knowledge_trie import KnowledgeTrie
+    from data_prep.trie_files import InMemoryTries, TrieExample, load_jsonl
 
     base = load_jsonl(trie_path)
     norm = base[0].trie.normalizer

@@ -22,7 +22,7 @@ For every example ``i``:
    text itself.
 
 Output: line ``i`` = example ``i`` of the input (the decoder relies on it), in the format of
-:mod:`data_prep.knowledge_trie` (``{"id", "entities", "trie", "surface"}``).
+:mod:`data_prep.trie_files` (``{"id", "entities", "trie", "surface"}``).
 An example with no retrieved passage or no triple gets an empty trie (``"trie": {}``); both
 cases are counted in the stats. Sizes (keys, values, links, depths, bytes) are logged and
 written to ``--stats`` (default ``<output>.stats.json``).
@@ -48,6 +48,7 @@ from data_prep.kid_collection import Passage, add_collection_arguments, collecti
 from data_prep.kid_retrieve import read_contexts
 from data_prep.kid_triples import DEFAULT_SPACY_MODEL, Triple, extract_triples_batch, load_spacy
 from data_prep.stop_words import english_stop_words
+from data_prep.trie_files import save_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def run(argv: Optional[list[str]] = None, nlp: Any = None) -> dict:
     entities: list[Optional[list[str]]] = [None] * len(tries)
     if contexts is not None:
         entities = list(entities_batch(contexts, nlp))
-    size = kt.save_jsonl(args.output, list(zip(tries, entities)))
+    size = save_jsonl(args.output, list(zip(tries, entities)))
     per = [t.stats() for t in tries]
     stats: dict[str, Any] = {
         "retrieval": args.retrieval,

@@ -20,7 +20,8 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from fairseq_plugins.generation.entity_memory import KIDCore, KIDOptions
 from fairseq_plugins.generation.kid_generator import KIDEnsembleModel, KIDSequenceGenerator
-from data_prep.knowledge_trie import InMemoryTries, KnowledgeTrie, TrieExample, WordNormalizer
+from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
+from data_prep.trie_files import InMemoryTries, TrieExample
 from fairseq_plugins.generation.token_mapping import TokenMapper
 from fairseq_plugins.tasks.kid_language_modeling import KIDLanguageModelingConfig, KIDLanguageModelingTask
 from fairseq_plugins.tasks.knowledge_dialog import KnowledgeDialogConfig, KnowledgeDialogTask

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fairseq_plugins.generation.entity_memory import EntityMemory, KIDOptions
-from data_prep.knowledge_trie import KnowledgeTrie, TrieExample, WordNormalizer
+from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
+from data_prep.trie_files import TrieExample
 from fairseq_plugins.generation.token_mapping import TokenMapper
 
 transformers = pytest.importorskip("transformers")

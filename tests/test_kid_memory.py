@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fairseq_plugins.generation.entity_memory import EntityMemory, KIDCore, KIDOptions, push_fifo
-from data_prep.knowledge_trie import TrieStore, WordNormalizer
+from data_prep.knowledge_trie import WordNormalizer
+from data_prep.trie_files import TrieStore
 from fairseq_plugins.generation.token_mapping import TokenMapper
 
 TOY = Path(__file__).parent / "data" / "kid_toy_trie.jsonl"

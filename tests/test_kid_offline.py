@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.common import CorpusError
-from data_prep.kid_build_trie import knowledge_trie_module
+from data_prep.trie_files import load_jsonl
 from data_prep.kid_build_trie import run as build_trie_main
 from data_prep.kid_collection import Passage, load_collection, split_words
 from data_prep.kid_retrieve import BM25Retriever, RandomRetriever, clean_context, retrieve
@@ -197,7 +197,7 @@ def test_random_retriever_seeded(tmp_path: Path) -> None:
 
 
 def test_no_fairseq_import() -> None:
-    code = ("import sys, data_prep.kid_build_trie, data_prep.kid_retrieve, data_prep.kid_triples; "
+    code = ("import sys, data_prep.kid_build_trie, data_prep.kid_retrieve, data_prep.kid_triples, data_prep.trie_files; "
             "data_prep.kid_build_trie.knowledge_trie_module(); assert 'fairseq' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
@@ -229,8 +229,7 @@ def test_build_trie_end_to_end(tmp_path: Path, nlp) -> None:
     assert stats["examples"] == 3 and stats["empty_tries"] == 1 and stats["no_passages"] == 1
     assert json.loads(Path(f"{out}.stats.json").read_text())["keys_total"] == stats["keys_total"]
 
-    kt = knowledge_trie_module()  # data_prep.knowledge_trie: no fairseq import
-    examples = kt.load_jsonl(out)
+    examples = load_jsonl(out)  # data_prep.trie_files: no fairseq import (test_no_fairseq_import)
     assert len(examples) == 3
     volcano, chess, empty = (e.trie for e in examples)
     assert {"volcano", "lava", "ash"} <= set(volcano.values)
@@ -268,7 +267,7 @@ def test_cmu_dog_real_contexts(tmp_path: Path, nlp) -> None:
     out = tmp_path / "trie.jsonl"
     stats = build_trie_main(["--retrieval", str(ret), "--collection", str(coll), "--source", str(src),
                              "--output", str(out)], nlp=nlp)
-    tries = knowledge_trie_module().load_jsonl(out)
+    tries = load_jsonl(out)
     assert len(tries) == 20
     # measured: every one of the 20 lines has knowledge; the first conversation is about Mean Girls
     assert sum(1 for t in tries if len(t.trie) > 0) == 20

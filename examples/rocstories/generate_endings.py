@@ -403,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if any(m.knowledge != "none" for m in methods):
         if not args.tries:
             raise SystemExit("kid_/little_ methods need --tries")
-        from data_prep.knowledge_trie import load_jsonl
+        from data_prep.trie_files import load_jsonl
 
         tries = load_jsonl(args.tries)[: len(contexts)]
         if len(tries) != len(contexts):

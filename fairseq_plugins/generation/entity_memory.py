@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from data_prep.knowledge_trie import InMemoryTries, TrieStore, WordNormalizer
+from data_prep.knowledge_trie import WordNormalizer
+from data_prep.trie_files import InMemoryTries, TrieStore
 from fairseq_plugins.generation.policy_update import PolicyUpdateResult, kid_policy_update
 from fairseq_plugins.generation.token_mapping import TokenMapper
 

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from fairseq_plugins.generation.entity_memory import EntityMemory, KIDCore, KIDOptions
-from data_prep.knowledge_trie import InMemoryTries, KnowledgeTrie, TrieExample
+from data_prep.knowledge_trie import KnowledgeTrie
+from data_prep.trie_files import InMemoryTries, TrieExample
 from fairseq_plugins.generation.token_mapping import TokenMapper
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from fairseq_plugins.generation.entity_memory import EntityMemory, KIDCore, KIDOptions
-from data_prep.knowledge_trie import TrieStore
+from data_prep.trie_files import TrieStore
 from fairseq_plugins.generation.token_mapping import TokenMapper, load_gpt2_symbol_map
 
 logger = logging.getLogger(__name__)
