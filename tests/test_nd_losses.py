@@ -89,22 +89,27 @@ def test_soft_unlikelihood_from_log_probs_matches_the_logits_form() -> None:
         nd.soft_unlikelihood(log_p, teacher, mask, 2.0, student_log_probs=True)
 
 
-def test_soft_unlikelihood_never_computes_masked_positions() -> None:
-    """Padding positions may hold anything (here inf and nan): they are skipped, not multiplied
-    by 0, so neither the value nor the gradient sees them."""
+@pytest.mark.parametrize("chunk_elements", [None, 6, 12])  # one block; one row per block; two rows
+def test_soft_unlikelihood_padding_never_leaks(chunk_elements) -> None:
+    """Padding positions may hold anything (here inf and nan): blocks of padding only are
+    skipped, padded rows of a mixed block are overwritten (not multiplied by 0), so neither the
+    value nor the gradient sees them."""
     torch.manual_seed(4)
     student = torch.randn(2, 3, 6)
     teacher = torch.randn(2, 3, 6)
     mask = torch.tensor([[True, True, False], [True, False, False]])
-    clean = nd.soft_unlikelihood(student, teacher, mask, reduce=False)
+    clean = nd.soft_unlikelihood(student, teacher, mask, reduce=False, chunk_elements=chunk_elements)
     student[0, 2] = float("inf")
     student[1, 1:] = float("nan")
     teacher[1, 2] = float("nan")
     student.requires_grad_()
-    per_position = nd.soft_unlikelihood(student, teacher, mask, reduce=False)
+    per_position = nd.soft_unlikelihood(student, teacher, mask, reduce=False, chunk_elements=chunk_elements)
     assert torch.equal(per_position.detach(), clean)
     assert per_position[~mask].abs().max() == 0
     per_position.sum().backward()
+    assert torch.isfinite(student.grad).all() and student.grad[~mask].abs().max() == 0
+    student.grad = None
+    nd.soft_unlikelihood(student, teacher, mask, chunk_elements=chunk_elements).backward()
     assert torch.isfinite(student.grad).all() and student.grad[~mask].abs().max() == 0
     with pytest.raises(ValueError, match="mask"):
         nd.soft_unlikelihood(student, teacher, mask[:, :2])
@@ -122,6 +127,115 @@ def test_soft_unlikelihood_does_not_depend_on_chunking_nor_grad_of_teacher() -> 
         assert value == pytest.approx(results[0][0], rel=1e-6) and torch.allclose(grad, results[0][1], atol=1e-7)
     nd.soft_unlikelihood(student, teacher).backward()
     assert teacher.grad is None  # the teacher is a constant of L_pred
+
+
+def test_soft_unlikelihood_gradient_under_repeated_and_weighted_backward() -> None:
+    """The gradient is computed in the forward pass and scaled by the backward pass: a second
+    backward through the same graph with another output gradient (retain_graph), a zero
+    output gradient, and per-position output gradients (reduce=False) all give autograd's."""
+    torch.manual_seed(5)
+    student = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 3, 8, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    (unit,) = torch.autograd.grad(_autograd_soft_unlikelihood(student, teacher, mask, 1.5, 1e-6), student)
+    loss = nd.soft_unlikelihood(student, teacher, mask, 1.5, chunk_elements=16)
+    for weight in (2.0, 0.0, -3.0, 1.0):
+        (grad,) = torch.autograd.grad(loss * weight, student, retain_graph=True)
+        assert torch.allclose(grad, weight * unit, rtol=1e-12, atol=1e-15)
+    weights = torch.randn(2, 3, dtype=torch.float64)
+    per_position = nd.soft_unlikelihood(student, teacher, mask, 1.5, reduce=False, chunk_elements=16)
+    (grad,) = torch.autograd.grad((per_position * weights).sum(), student)
+    log_p_s = torch.log_softmax(student / 1.5, dim=-1)
+    p_n = torch.softmax(teacher / 1.5, dim=-1)
+    ref = (-(p_n * nd.log1mexp(log_p_s, 1e-6)).sum(-1) * mask * weights).sum()
+    (grad_ref,) = torch.autograd.grad(ref, student)
+    assert torch.allclose(grad, grad_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_soft_unlikelihood_without_grad_and_in_half_precision() -> None:
+    """No gradient is stored when none is needed; float16 inputs are computed in float32 and
+    get a float16 gradient."""
+    torch.manual_seed(6)
+    student = torch.randn(2, 4, 10)
+    teacher = torch.randn(2, 4, 10)
+    with torch.no_grad():
+        value = nd.soft_unlikelihood(student, teacher)
+    half = student.half().requires_grad_()
+    value_half = nd.soft_unlikelihood(half, teacher.half())
+    assert value_half.dtype == torch.float32 and value_half.item() == pytest.approx(value.item(), rel=1e-2)
+    value_half.backward()
+    assert half.grad.dtype == torch.float16 and torch.isfinite(half.grad).all()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mle_and_soft_unlikelihood_equal_the_two_terms_computed_apart(alpha: float, smoothing: float) -> None:
+    """The fused MLE + L_pred kernel against fairseq's label_smoothed_nll_loss plus L_pred, in
+    float64: value, parts and gradient, with padding, a floored p ~ 1 and a p > 1/2, for
+    blocks of one row, two rows and all rows."""
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    torch.manual_seed(7)
+    bsz, tgt_len, vocab, pad = 3, 5, 11, 1
+    student = torch.randn(bsz, tgt_len, vocab, dtype=torch.float64)
+    student[0, 0, 2] = 40.0
+    student[2, 3, 4] = 4.0
+    student.requires_grad_()
+    teacher = torch.randn(bsz, tgt_len, vocab, dtype=torch.float64)
+    target = torch.randint(2, vocab, (bsz, tgt_len))
+    target[0, 3:] = pad
+    target[1, 4] = pad
+    target[2, 3] = 4  # the gold token is the p > 1/2 entry
+    log_p = torch.log_softmax(student, -1)
+    mle, nll = label_smoothed_nll_loss(log_p.view(-1, vocab), target.view(-1), smoothing, ignore_index=pad)
+    pred = nd.soft_unlikelihood(log_p, teacher, target.ne(pad), student_log_probs=True)
+    (grad_ref,) = torch.autograd.grad((1 - alpha) * mle + alpha * pred, student)
+    for chunk_elements in (11, 22, None):
+        weighted, got_mle, got_nll, got_pred = nd.mle_and_soft_unlikelihood(
+            torch.log_softmax(student, -1), target, teacher, alpha, smoothing, pad, chunk_elements=chunk_elements)
+        (grad,) = torch.autograd.grad(weighted, student)
+        assert weighted.item() == pytest.approx(((1 - alpha) * mle + alpha * pred).item(), rel=1e-12)
+        assert [got_mle.item(), got_nll.item(), got_pred.item()] == pytest.approx(
+            [mle.item(), nll.item(), pred.item()], rel=1e-12)
+        assert not got_pred.requires_grad
+        assert torch.allclose(grad, grad_ref, rtol=1e-10, atol=1e-14)
+        assert grad[0, 3:].abs().max() == 0  # padding
+
+
+def test_mle_and_soft_unlikelihood_shape_errors() -> None:
+    log_p = torch.log_softmax(torch.randn(2, 3, 5), -1)
+    with pytest.raises(ValueError, match="teacher"):
+        nd.mle_and_soft_unlikelihood(log_p, torch.ones(2, 3, dtype=torch.long), torch.randn(2, 3, 4), 0.5, 0.1, 1)
+    with pytest.raises(ValueError, match="target"):
+        nd.mle_and_soft_unlikelihood(log_p, torch.ones(2, 2, dtype=torch.long), torch.randn(2, 3, 5), 0.5, 0.1, 1)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_overwrite_teacher_gives_the_same_value_and_gradient(fused: bool) -> None:
+    """With overwrite_teacher the teacher's buffer holds the gradient: same results, no new
+    (N, V) tensor; teacher logits that are part of a graph are refused."""
+    torch.manual_seed(8)
+    student = torch.randn(2, 4, 9, requires_grad=True)
+    teacher = torch.randn(2, 4, 9)
+    target = torch.randint(2, 9, (2, 4))
+    target[1, 3] = 1
+
+    def run(overwrite: bool, teacher_logits: torch.Tensor):
+        if fused:
+            value = nd.mle_and_soft_unlikelihood(torch.log_softmax(student, -1), target, teacher_logits, 0.4, 0.1, 1,
+                                                 chunk_elements=18, overwrite_teacher=overwrite)[0]
+        else:
+            value = nd.soft_unlikelihood(student, teacher_logits, target.ne(1), 2.0, chunk_elements=18,
+                                         overwrite_teacher=overwrite)
+        return value, torch.autograd.grad(value, student)[0]
+
+    value, grad = run(False, teacher)
+    consumed = teacher.clone()
+    value_o, grad_o = run(True, consumed)
+    assert value_o.item() == value.item() and torch.equal(grad_o, grad)
+    assert not torch.equal(consumed, teacher)  # the buffer was used
+    with pytest.raises(ValueError, match="without gradient"):
+        run(True, teacher.clone().requires_grad_())
 
 
 def test_log1mexp_gradient_in_both_branches_and_the_clamp() -> None:

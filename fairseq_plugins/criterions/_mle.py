@@ -1,6 +1,6 @@
 """The label-smoothed MLE term shared by the plugin's criteria (ND, UL, NT)."""
 import math
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 from fairseq import utils
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
@@ -10,25 +10,27 @@ from torch import Tensor
 
 def label_smoothed_mle(
     model: Any, net_output: Any, sample: dict, eps: float, padding_idx: int, sentence_avg: bool,
-    lprobs: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, int]:
     """fairseq's label-smoothed cross-entropy of ``net_output`` against the sample's targets.
 
-    ``lprobs``: the model's normalised log-probabilities ``(B, T, V)`` of ``net_output`` if the
-    caller has them already (e.g. to reuse them in another term); None = computed here.
-
     Returns ``(mle, nll, target, sample_size)``: the smoothed and the plain negative
     log-likelihoods summed over non-padding tokens (scalars), the targets ``(B, T)``, and the
-    sample size (sentences if ``sentence_avg`` else target tokens).
+    sample size (see :func:`target_and_sample_size`).
     """
-    if lprobs is None:
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-    target = model.get_targets(sample, net_output)
+    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    target, sample_size = target_and_sample_size(model, net_output, sample, sentence_avg)
     mle, nll = label_smoothed_nll_loss(
         lprobs.view(-1, lprobs.size(-1)), target.view(-1), eps, ignore_index=padding_idx, reduce=True
     )
-    sample_size = sample["target"].size(0) if sentence_avg else sample["ntokens"]
     return mle, nll, target, sample_size
+
+
+def target_and_sample_size(model: Any, net_output: Any, sample: dict, sentence_avg: bool) -> Tuple[Tensor, int]:
+    """The targets ``(B, T)`` of ``net_output`` and fairseq's sample size: sentences if
+    ``sentence_avg`` else target tokens."""
+    target = model.get_targets(sample, net_output)
+    sample_size = sample["target"].size(0) if sentence_avg else sample["ntokens"]
+    return target, sample_size
 
 
 def reduce_mle_metrics(logging_outputs, per_sample_losses: Sequence[str] = ("mle_loss",)) -> Callable[[str], float]:

@@ -49,9 +49,9 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
+from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics, target_and_sample_size
 from fairseq_plugins.losses import negative_distillation as nd
-from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode
+from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode, output_logits
 
 logger = logging.getLogger(__name__)
 
@@ -315,14 +315,17 @@ class NegativeDistillationCriterion(FairseqCriterion):
         with capture_s:
             net_output = model(**sample["net_input"])
         soft_pred = "pred" in use and self.target_kind == "soft"
-        # at t = 1 L_pred reads the student's log-softmax of the NLL (one shared log-softmax
-        # forward and backward instead of two)
-        share_lprobs = soft_pred and self.temperature == 1.0
-        lprobs = model.get_normalized_probs(net_output, log_probs=True) if share_lprobs else None
-        mle, nll, target, sample_size = label_smoothed_mle(
-            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg, lprobs=lprobs
-        )
+        # at t = 1 the MLE term and L_pred are computed together from the student's log-softmax
+        # (one log-softmax, one pass writing the gradient of both)
+        fused = soft_pred and self.temperature == 1.0
+        if fused:
+            target, sample_size = target_and_sample_size(model, net_output, sample, self.sentence_avg)
+        else:
+            mle, nll, target, sample_size = label_smoothed_mle(
+                model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
+            )
 
+        weighted = None  # (1 - alpha) mle + alpha pred, when fused
         pred = None
         hid: List[torch.Tensor] = []
         att: List[torch.Tensor] = []
@@ -330,13 +333,20 @@ class NegativeDistillationCriterion(FairseqCriterion):
             target_mask = target.ne(self.padding_idx)
             net_input = sample["net_input"]
             capture_t = AttentionScoreCapture(teacher.decoder, att_kind) if att_kind else contextlib.nullcontext()
-            # the teacher's output projection only feeds the soft L_pred
             with torch.no_grad(), capture_t:
-                t_output = teacher(**net_input, features_only=not soft_pred)
+                t_output = teacher(**net_input, features_only=True)
             if soft_pred:
-                student = lprobs if share_lprobs else net_output[0]
-                pred = nd.soft_unlikelihood(student, t_output[0], target_mask, self.temperature, self.clamp,
-                                            student_log_probs=share_lprobs)
+                # the teacher's logits are read once, block by block, and their buffer then
+                # holds L_pred's gradient (overwrite_teacher)
+                t_logits = output_logits(teacher, t_output[0])
+                if fused:
+                    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+                    weighted, mle, nll, pred = nd.mle_and_soft_unlikelihood(
+                        lprobs, target, t_logits, alpha, self.eps, self.padding_idx, self.clamp,
+                        overwrite_teacher=True)
+                else:
+                    pred = nd.soft_unlikelihood(net_output[0], t_logits, target_mask, self.temperature, self.clamp,
+                                                overwrite_teacher=True)
             elif "pred" in use:
                 neg = self._negative_tokens(sample, teacher, target)
                 pred = nd.hard_unlikelihood(net_output[0], neg, target_mask & neg.ne(self.padding_idx),
@@ -354,7 +364,10 @@ class NegativeDistillationCriterion(FairseqCriterion):
                     mask = attention_mask(kind, target_mask, key_pad)
                     for s, t in zip(capture_s.scores[kind], capture_t.scores[kind]):
                         att.append(nd.mrse(s, t, mask) * sample_size)
-        loss = nd.combine(mle, alpha, pred, hid, att)
+        if weighted is not None:  # Eq. 13, its first two terms already summed
+            loss = weighted + alpha * sum(hid + att) if hid or att else weighted
+        else:
+            loss = nd.combine(mle, alpha, pred, hid, att)
 
         logging_output = {
             "loss": loss.data,

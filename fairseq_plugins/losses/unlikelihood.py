@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fairseq_plugins.losses.negative_distillation import log1mexp
+from fairseq_plugins.losses.soft_unlikelihood import log1mexp
 
 WEIGHTINGS = ("kldiv", "uniform", "logdiff")
 
@@ -45,7 +45,7 @@ def token_unlikelihood(logits: Tensor, tokens: Tensor, weights: Tensor, eps: flo
         logits: ``(B, T, V)`` scores of the model for each position.
         tokens: ``(B, T)`` long, the candidate (negative) token at each position.
         weights: ``(B, T)`` float, the penalty weight per position (0 = not penalised).
-        eps: floor of ``1 - p`` (see negative_distillation.log1mexp).
+        eps: floor of ``1 - p`` (see soft_unlikelihood.log1mexp).
 
     Returns:
         A scalar, summed over positions.

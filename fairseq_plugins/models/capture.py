@@ -15,6 +15,9 @@
   select the valid elements with :func:`attention_mask`. The model's own outputs are untouched:
   the hooks return ``None`` and do not modify inputs.
 
+- :func:`output_logits`: the output projection of teacher-forced decoder features as one matrix
+  product.
+
 - :func:`greedy_decode`: batched free-running greedy decoding with fairseq's incremental state
   (for the hard-target ND variant and the unlikelihood baseline), no beam search machinery.
 
@@ -53,6 +56,17 @@ def attention_scores(module: nn.Module, query: Tensor, key: Optional[Tensor]) ->
     k = k.contiguous().view(-1, bsz * heads, head_dim).transpose(0, 1)
     scores = torch.bmm(q, k.transpose(1, 2))
     return scores.view(bsz, heads, tgt_len, -1)
+
+
+def output_logits(model: nn.Module, features: Tensor) -> Tensor:
+    """``model.output_layer(features)`` for decoder features ``(B, T, C)`` (what
+    ``model(..., features_only=True)`` returns), computed as one ``(B*T, C) x (C, V)`` matrix
+    product. The decoder's features are a transposed view of its ``(T, B, C)`` states; projected
+    as they are, PyTorch multiplies them batch by batch (``bmm`` with the weight expanded over
+    B), 1.4-2x slower on CPU than one ``mm`` on a contiguous copy. Returns ``(B, T, V)``."""
+    bsz, tgt_len, dim = features.shape
+    logits = model.output_layer(features.reshape(bsz * tgt_len, dim))
+    return logits.view(bsz, tgt_len, -1)
 
 
 class AttentionScoreCapture:
