@@ -39,11 +39,12 @@ def test_soft_unlikelihood_is_stable_at_certainty() -> None:
     assert torch.isfinite(student.grad).all()
 
 
-def _autograd_soft_unlikelihood(student, teacher, mask, temperature, eps):
-    """The composed expression of Eq. 6-7, differentiated by autograd (the reference)."""
+def _autograd_soft_unlikelihood(student, teacher, mask, temperature, eps, weights=1.0):
+    """The composed expression of Eq. 6-7, differentiated by autograd (the reference);
+    ``weights``: per-position factors of the sum."""
     log_p_s = torch.log_softmax(student / temperature, dim=-1)
     p_n = torch.softmax(teacher / temperature, dim=-1)
-    return (-(p_n * nd.log1mexp(log_p_s, eps)).sum(-1) * mask).sum()
+    return (-(p_n * nd.log1mexp(log_p_s, eps)).sum(-1) * mask * weights).sum()
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
@@ -145,10 +146,7 @@ def test_soft_unlikelihood_gradient_under_repeated_and_weighted_backward() -> No
     weights = torch.randn(2, 3, dtype=torch.float64)
     per_position = nd.soft_unlikelihood(student, teacher, mask, 1.5, reduce=False, chunk_elements=16)
     (grad,) = torch.autograd.grad((per_position * weights).sum(), student)
-    log_p_s = torch.log_softmax(student / 1.5, dim=-1)
-    p_n = torch.softmax(teacher / 1.5, dim=-1)
-    ref = (-(p_n * nd.log1mexp(log_p_s, 1e-6)).sum(-1) * mask * weights).sum()
-    (grad_ref,) = torch.autograd.grad(ref, student)
+    (grad_ref,) = torch.autograd.grad(_autograd_soft_unlikelihood(student, teacher, mask, 1.5, 1e-6, weights), student)
     assert torch.allclose(grad, grad_ref, rtol=1e-12, atol=1e-15)
 
 

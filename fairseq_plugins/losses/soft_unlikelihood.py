@@ -33,6 +33,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from torch import Tensor
 
 _LOG_HALF = -math.log(2.0)
@@ -158,9 +159,11 @@ class _FusedMle:
     target: Tensor  # (N,) long
     alpha: float
     smoothing: float  # fairseq's epsilon
+    ignore_index: int  # padding
 
     def coefficients(self, vocab: int):
-        """``(eps_i, nll weight)`` of fairseq's ``(1 - eps - eps_i) nll + eps_i smooth``."""
+        """``(eps_i, nll weight)`` of fairseq's ``(1 - eps - eps_i) nll + eps_i smooth`` (the
+        MLE term's gradient needs them; its value is fairseq's own function)."""
         eps_i = self.smoothing / (vocab - 1)
         return eps_i, 1.0 - self.smoothing - eps_i
 
@@ -218,7 +221,8 @@ class _SoftUnlikelihood(torch.autograd.Function):
         ctx.grad, ctx.scale, ctx.per_row, ctx.input_dtype = grad, 1.0, per_row, s.dtype
         if fused is None:
             return out if per_row else out.sum()
-        mle, nll = _label_smoothed_nll(s, fused, valid, dtype)
+        mle, nll = label_smoothed_nll_loss(s.to(dtype), fused.target, fused.smoothing,
+                                           ignore_index=fused.ignore_index, reduce=True)
         pred = out.sum()
         parts = torch.stack([mle, nll, pred])
         ctx.mark_non_differentiable(parts)
@@ -237,19 +241,6 @@ class _SoftUnlikelihood(torch.autograd.Function):
                 scaled = grad.mul_(g / ctx.scale) if g != ctx.scale else grad
                 ctx.scale = g
         return scaled.to(ctx.input_dtype), None, None, None, None, None, None, None, None, None
-
-
-def _label_smoothed_nll(log_probs: Tensor, fused: _FusedMle, valid: Optional[Tensor], dtype: torch.dtype):
-    """``(mle, nll)`` of fairseq's ``label_smoothed_nll_loss`` (reduce=True) for ``(N, V)``
-    log-probabilities, summed over the valid rows, in ``dtype``."""
-    eps_i, nll_weight = fused.coefficients(log_probs.size(1))
-    nll_rows = -log_probs.gather(1, fused.target.unsqueeze(1)).squeeze(1).to(dtype)
-    smooth_rows = -log_probs.sum(dim=1, dtype=dtype)
-    if valid is not None:
-        nll_rows = nll_rows.masked_fill(~valid, 0.0)
-        smooth_rows = smooth_rows.masked_fill(~valid, 0.0)
-    nll, smooth = nll_rows.sum(), smooth_rows.sum()
-    return nll_weight * nll + eps_i * smooth, nll
 
 
 def soft_unlikelihood(
@@ -353,7 +344,7 @@ def mle_and_soft_unlikelihood(
         raise ValueError(f"target {tuple(target.shape)} != positions {tuple(log_probs.shape[:-1])}")
     vocab = log_probs.size(-1)
     flat_target = target.reshape(-1)
-    fused = _FusedMle(flat_target, float(alpha), float(smoothing))
+    fused = _FusedMle(flat_target, float(alpha), float(smoothing), int(ignore_index))
     weighted, parts = _SoftUnlikelihood.apply(
         log_probs.reshape(-1, vocab), teacher_logits.detach().reshape(-1, vocab), flat_target.ne(ignore_index),
         1.0, float(eps), _rows_per_block(log_probs, chunk_elements), True, False, fused,
