@@ -45,7 +45,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from data_prep.common import CorpusError, setup_logging, console_script
+from informative_dialogue.errors import CorpusError
+from informative_dialogue.cli import setup_logging, console_script
 
 logger = logging.getLogger(__name__)
 

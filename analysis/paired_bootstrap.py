@@ -22,6 +22,7 @@ from dialogue_metrics.readers import (
     InputError, align_by_ids, check_same_count, drop_tokens, parse_gen_out, read_lines, read_text_lines,
 )
 from dialogue_metrics.text import tokenize_all, wordpiece_detok
+from informative_dialogue.cli import console_script
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +143,4 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     return results
 
 
-def cli() -> None:
-    """Console entry point (exit status 0 on success)."""
-    try:
-        main()
-    except InputError as err:
-        raise SystemExit(f"paired-bootstrap: {err}") from None
+cli = console_script(main)  # the console script: exit status 0 on success, 2 on input errors

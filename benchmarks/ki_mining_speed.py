@@ -34,9 +34,9 @@ import time
 
 import numpy as np
 
-from data_prep.alignment_text import read_alignments
-from data_prep.common import setup_logging
-from data_prep.ki_mine import main as ki_mine_main
+from informative_dialogue.ki.alignment_text import read_alignments
+from informative_dialogue.cli import setup_logging
+from data_prep.ki.mine import main as ki_mine_main
 
 logger = logging.getLogger("ki_mining_speed")
 

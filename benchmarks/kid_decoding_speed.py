@@ -131,8 +131,8 @@ def timed_passes(gen: Any, models: List[Any], batches: List[Dict[str, Any]], see
 def instrumented_pass(gen: Any, models: List[Any], batches: List[Dict[str, Any]], seed: int) -> Dict[str, Any]:
     """KID pass with timers on its parts; percentages of the pass' wall time."""
     from fairseq.sequence_generator import EnsembleModel
-    from fairseq_plugins.generation import entity_memory
-    from fairseq_plugins.generation.entity_memory import EntityMemory, KIDCore
+    from informative_dialogue.kid import memory as entity_memory
+    from informative_dialogue.kid.memory import EntityMemory, KIDCore
 
     timers = Timers()
     targets = [
@@ -186,7 +186,7 @@ def make_batches(task: Any, subset: str, n: int, bsz: int) -> List[Dict[str, Any
 def build_generators(args: argparse.Namespace, models: List[Any], task: Any, tries: Any = None) -> Tuple[Any, Any]:
     from fairseq import search
     from fairseq.sequence_generator import SequenceGenerator
-    from fairseq_plugins.generation.entity_memory import KIDCore
+    from informative_dialogue.kid.memory import KIDCore
     from fairseq_plugins.generation.kid_config import KIDConfig
     from fairseq_plugins.generation.kid_generator import KIDSequenceGenerator, build_kid_core
 
@@ -205,8 +205,8 @@ def build_generators(args: argparse.Namespace, models: List[Any], task: Any, tri
 def merged_tries(trie_path: str, n_examples: int, target_keys: int) -> Tuple[Any, float]:
     """Per example i: its own trie, then the tries of examples i+1, i+2, ... merged in until
     it has >= target_keys keys, cut to target_keys (own keys first). Returns (tries, mean keys)."""
-    from data_prep.knowledge_trie import KnowledgeTrie
-    from data_prep.trie_files import InMemoryTries, TrieExample, load_jsonl
+    from informative_dialogue.kid.trie import KnowledgeTrie
+    from informative_dialogue.kid.trie_files import InMemoryTries, TrieExample, load_jsonl
 
     base = load_jsonl(trie_path)
     norm = base[0].trie.normalizer

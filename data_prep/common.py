@@ -5,22 +5,12 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
+
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-
-
-class CorpusError(ValueError):
-    """Malformed corpus input. The message names the file, the line (where there is one) and
-    what was expected."""
-
-    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
-        where = f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
-        super().__init__(f"{where}: {message}")
-        self.path = os.fspath(path)
-        self.line = line
 
 
 @dataclass(frozen=True)
@@ -95,25 +85,3 @@ def write_stats(out_dir: str | os.PathLike, stats: dict) -> None:
     with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2, sort_keys=True)
     logger.info("stats: %s", json.dumps(stats, sort_keys=True))
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Configure root logging for a command-line entry point."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-    )
-
-
-def console_script(main: Callable[[], object]) -> Callable[[], None]:
-    """The console entry point for a ``main`` that returns its statistics (for callers and tests).
-
-    setuptools' generated script runs ``sys.exit(main())``, and ``sys.exit`` of any value other
-    than None or an int prints that value and exits with status 1: a run that succeeded would
-    fail every shell recipe under ``set -e``. The entry point returns None instead."""
-
-    def entry() -> None:
-        main()
-
-    entry.__doc__ = f"Console entry point of {main.__module__}.main (exit status 0 on success)."
-    return entry

@@ -13,6 +13,7 @@ from .ngrams import token_counts
 from .ppl import ppl_from_log
 from .readers import InputError, align_by_ids, check_same_count, drop_tokens, read_gen_out, read_text_lines
 from .text import TOKENIZERS, tokenize_all, wordpiece_detok
+from informative_dialogue.cli import console_script
 
 logger = logging.getLogger("dialogue_metrics")
 
@@ -232,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     return 0
 
+
+cli = console_script(main)  # the console script: exits with main's status
 
 if __name__ == "__main__":
     sys.exit(main())

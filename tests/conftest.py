@@ -39,7 +39,7 @@ def tiny_bert(tmp_path_factory) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from data_prep.ki_retriever import default_bert_path
+    from data_prep.ki.retriever import default_bert_path
 
     tokenizer = AutoTokenizer.from_pretrained(default_bert_path())
     config = BertConfig(

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from data_prep.common import console_script
+from informative_dialogue.cli import console_script
 from tests.conftest import REPO_ROOT
 
 ENTRY_POINTS = re.findall(r'"([\w-]+)=([\w.]+):(\w+)"', (REPO_ROOT / "setup.py").read_text())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analysis import embedding_pca as ep
-from data_prep.common import CorpusError
+from informative_dialogue.errors import CorpusError
 
 # rows: 0-3 fairseq specials, then the dictionary file's symbols in order
 SYMBOLS = ["british", "author", "row", "##ling", "book"]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import dailydialog, tokenize
+from data_prep.corpora import dailydialog
+from data_prep.corpora import tokenize
 from tests.conftest import REPO_ROOT
 
 USER_DIR = str(REPO_ROOT / "fairseq_plugins")

@@ -1,4 +1,4 @@
-"""Tests of data_prep.ki_alignment_ablations: each ablation mode on hand cases, the CLI."""
+"""Tests of data_prep.ki.alignment_ablations: each ablation mode on hand cases, the CLI."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.alignment_text import read_alignments
-from data_prep.common import CorpusError
-from data_prep.ki_alignment_ablations import (
+from informative_dialogue.ki.alignment_text import read_alignments
+from informative_dialogue.errors import CorpusError
+from data_prep.ki.alignment_ablations import (
     load_tagger,
     main,
     majority_id,
@@ -17,7 +17,8 @@ from data_prep.ki_alignment_ablations import (
     sentence_alignments,
     token_pos_tags,
 )
-from data_prep.knowledge_base import KnowledgeItem, write_knowledge_base
+from data_prep.ki.knowledge_sources import KnowledgeItem
+from data_prep.ki.knowledge_base import write_knowledge_base
 
 # two lines: "the dogs eat food" / "i run quickly ."
 SOURCE = "the dog ##s eat food\ni run quickly .\n"

@@ -18,11 +18,11 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq_cli import preprocess
 
 import fairseq_plugins  # noqa: F401  (registers knowledge_dialog)
-from data_prep import ki_binarize
-from data_prep.alignment_text import write_alignments
-from data_prep.common import CorpusError
+from data_prep.ki import binarize as ki_binarize
+from informative_dialogue.ki.alignment_text import write_alignments
+from informative_dialogue.errors import CorpusError
 from fairseq_plugins.data.knowledge_aligned_dataset import KnowledgeAlignedDataset, knowledge_matrix
-from fairseq_plugins.data.knowledge_alignments import (
+from informative_dialogue.ki.alignments import (
     KnowledgeAlignments,
     alignment_paths,
     write_knowledge_alignments,

@@ -17,7 +17,7 @@ from fairseq_plugins.criterions.knowledge_internalization import (
     KnowledgeInternalizationCriterion,
     load_knowledge_table,
 )
-from fairseq_plugins.losses import knowledge_internalization as ki
+from informative_dialogue.ki import loss as ki
 from fairseq_plugins.models.encoder_capture import EncoderOutputCapture, encoder_states
 from tests import nd_helpers as H
 

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from data_prep.alignment_text import read_alignments
-from data_prep.ki_index import (
+from informative_dialogue.ki.alignment_text import read_alignments
+from data_prep.ki.index import (
     build_faiss_index,
     check_index_matches,
     default_nlist,
@@ -20,22 +20,11 @@ from data_prep.ki_index import (
     resolve_index_type,
     write_index_dir,
 )
-from data_prep.ki_merge import diversity_stats, main as merge_main, merge_shards
-from data_prep.ki_mine import (
-    LineCache,
-    Miner,
-    MiningOptions,
-    build_title_matcher,
-    exact_match_ids,
-    faiss_search_fn,
-    mine_chunk,
-    mine_shard,
-    new_counts,
-    normalize_phrase,
-    shard_paths,
-    shard_range,
-    summarize,
-)
+from data_prep.ki.merge import diversity_stats, main as merge_main, merge_shards
+from data_prep.ki.miner import LineCache, Miner, MiningOptions, faiss_search_fn, mine_chunk
+from data_prep.ki.matching import build_title_matcher, exact_match_ids, normalize_phrase
+from data_prep.ki.mine import mine_shard
+from data_prep.ki.shards import new_counts, shard_paths, shard_range, summarize
 
 DIM = 10
 # item id -> title (all "wikipedia" in the fake title index below)
@@ -303,8 +292,8 @@ def test_diversity_stats_by_hand():
 
 # --------------------------------------------------------------------------- end to end with a tiny real retriever
 def test_cli_end_to_end_with_tiny_bert(tmp_path, source, tiny_bert):
-    kb_mod = pytest.importorskip("data_prep.knowledge_base")
-    ret_mod = pytest.importorskip("data_prep.ki_retriever")
+    kb_mod = pytest.importorskip("data_prep.ki.knowledge_base")
+    ret_mod = pytest.importorskip("data_prep.ki.retriever")
     bert_dir = tiny_bert
     retriever = ret_mod.TokenKnowledgeRetriever.from_pretrained_bert(str(bert_dir), projection_dim=16)
     retriever.save(str(tmp_path / "retriever"))
@@ -312,7 +301,8 @@ def test_cli_end_to_end_with_tiny_bert(tmp_path, source, tiny_bert):
     items.append(kb_mod.KnowledgeItem("wordnet", "banana", "banana: an elongated fruit"))
     kb_mod.write_knowledge_base(tmp_path / "kb", items)
     common = ["--knowledge-base", str(tmp_path / "kb"), "--retriever", str(tmp_path / "retriever")]
-    from data_prep import ki_index, ki_mine
+    from data_prep.ki import index as ki_index
+    from data_prep.ki import mine as ki_mine
 
     ki_index.main(common + ["--out", str(tmp_path / "idx"), "--gpu", "no", "--device", "cpu", "--no-progress"])
     table = np.load(tmp_path / "idx" / "knowledge_table.npy")

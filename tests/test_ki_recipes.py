@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.alignment_text import read_alignments
+from informative_dialogue.ki.alignment_text import read_alignments
 from tests.conftest import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"

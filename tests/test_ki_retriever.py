@@ -1,5 +1,5 @@
-"""Token-level knowledge retriever (data_prep.ki_retriever) and its trainer
-(data_prep.ki_train_retriever), on a tiny random BERT with the MiniLM tokenizer."""
+"""Token-level knowledge retriever (data_prep.ki.retriever) and its trainer
+(data_prep.ki.train_retriever), on a tiny random BERT with the MiniLM tokenizer."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from data_prep.common import CorpusError  # noqa: E402
-from data_prep.ki_retriever import TokenKnowledgeRetriever, truncate_ids  # noqa: E402
-from data_prep.ki_train_retriever import (  # noqa: E402
+from informative_dialogue.errors import CorpusError
+from data_prep.ki.retriever import TokenKnowledgeRetriever, truncate_ids  # noqa: E402
+from data_prep.ki.train_retriever import (  # noqa: E402
     TrainConfig,
     batch_scores,
     hinge_loss,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.common import CorpusError
-from data_prep.kid_collection import load_collection
-from data_prep.kid_dpr_passages import convert_dpr_passages, main
+from informative_dialogue.errors import CorpusError
+from data_prep.kid.collection import load_collection
+from data_prep.kid.dpr_passages import convert_dpr_passages, main
 
 DPR_ROWS = ('id\ttext\ttitle\n'
             '1\t"Aaron Aaron ( or ; ""Ahärôn"") is a prophet"\tAaron\n'
@@ -33,7 +33,7 @@ def test_gzipped_input_gives_the_same_collection(tmp_path: Path) -> None:
     with gzip.open(gz, "wt", encoding="utf-8", newline="") as f:
         f.write(DPR_ROWS)
     convert_dpr_passages(plain, tmp_path / "a.tsv", progress=False)
-    assert main(["--input", str(gz), "--output", str(tmp_path / "b.tsv"), "--no-progress"]) == 3
+    assert main(["--input", str(gz), "--output", str(tmp_path / "b.tsv"), "--no-progress"]) == {"passages": 3}
     assert (tmp_path / "a.tsv").read_bytes() == (tmp_path / "b.tsv").read_bytes()
 
 

@@ -18,11 +18,11 @@ from fairseq.models.transformer import TransformerModel, base_architecture
 from fairseq.models.transformer_lm import TransformerLanguageModel, base_lm_architecture
 from fairseq.sequence_generator import SequenceGenerator
 
-from fairseq_plugins.generation.entity_memory import KIDCore, KIDOptions
+from informative_dialogue.kid.memory import KIDCore, KIDOptions
 from fairseq_plugins.generation.kid_generator import KIDEnsembleModel, KIDSequenceGenerator
-from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
-from data_prep.trie_files import InMemoryTries, TrieExample
-from fairseq_plugins.generation.token_mapping import TokenMapper
+from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
+from informative_dialogue.kid.trie_files import InMemoryTries, TrieExample
+from informative_dialogue.kid.token_mapping import TokenMapper
 from fairseq_plugins.tasks.kid_language_modeling import KIDLanguageModelingConfig, KIDLanguageModelingTask
 from fairseq_plugins.tasks.knowledge_dialog import KnowledgeDialogConfig, KnowledgeDialogTask
 from tests.test_end_to_end import TINY_ARCH, USER_DIR, run

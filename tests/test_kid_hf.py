@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairseq_plugins.generation.entity_memory import EntityMemory, KIDOptions
-from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
-from data_prep.trie_files import TrieExample
-from fairseq_plugins.generation.token_mapping import TokenMapper
+from informative_dialogue.kid.memory import EntityMemory, KIDOptions
+from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
+from informative_dialogue.kid.trie_files import TrieExample
+from informative_dialogue.kid.token_mapping import TokenMapper
 
 transformers = pytest.importorskip("transformers")
-from fairseq_plugins.generation.hf_logits_processor import KIDLogitsProcessor  # noqa: E402
+from informative_dialogue.kid.hf_processor import KIDLogitsProcessor  # noqa: E402
 
 G = "\u0120"
 VOCAB = ["<|endoftext|>"] + [G + w for w in "the car engine road trip piston fuel gas dog loyal pet bark is good i like my weather".split()] + ["s", "oline", ".", ","]

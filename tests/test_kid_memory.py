@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fairseq_plugins.generation.entity_memory import EntityMemory, KIDCore, KIDOptions, push_fifo
-from data_prep.knowledge_trie import WordNormalizer
-from data_prep.trie_files import TrieStore
-from fairseq_plugins.generation.token_mapping import TokenMapper
+from informative_dialogue.kid.memory import EntityMemory, KIDCore, KIDOptions, push_fifo
+from informative_dialogue.kid.trie import WordNormalizer
+from informative_dialogue.kid.trie_files import TrieStore
+from informative_dialogue.kid.token_mapping import TokenMapper
 
 TOY = Path(__file__).parent / "data" / "kid_toy_trie.jsonl"
 # WordPiece vocabulary: 0-3 special, then words and continuation pieces

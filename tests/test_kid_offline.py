@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.common import CorpusError
-from data_prep.trie_files import load_jsonl
-from data_prep.kid_build_trie import run as build_trie_main
-from data_prep.kid_collection import Passage, load_collection, split_words
-from data_prep.kid_retrieve import BM25Retriever, RandomRetriever, clean_context, retrieve
-from data_prep.kid_retrieve import run as retrieve_main
-from data_prep.kid_triples import extract_triples, extract_triples_batch, load_spacy
+from informative_dialogue.errors import CorpusError
+from informative_dialogue.kid.trie_files import load_jsonl
+from data_prep.kid.build_trie import main as build_trie_main
+from data_prep.kid.collection import Passage, load_collection, split_words
+from data_prep.kid.retrieve import BM25Retriever, RandomRetriever, clean_context, retrieve
+from data_prep.kid.retrieve import main as retrieve_main
+from data_prep.kid.triples import extract_triples, extract_triples_batch, load_spacy
 
 REPO = Path(__file__).resolve().parents[1]
 TARBALL = REPO.parent / "shared" / "data" / "cmu_dog.tar.gz"
@@ -155,7 +155,7 @@ def test_sparse_and_dense_rank_relevant_first(tmp_path: Path) -> None:
     assert [hits[0][0] for hits in sparse] == [gold for _, gold in QUERIES]
     assert all(s > 0 for hits in sparse for _, s in hits)
 
-    from data_prep.kid_retrieve import DenseEncoder, DenseRetriever
+    from data_prep.kid.retrieve import DenseEncoder, DenseRetriever
 
     encoder = DenseEncoder(max_length=128, device="cpu")
     dense_r = DenseRetriever(COLLECTION, encoder, cache_dir=str(tmp_path), batch_size=8)
@@ -175,7 +175,7 @@ def test_sparse_no_overlap_gives_no_hits() -> None:
     assert retrieve(["zzz qqq", ""], COLLECTION, r, k=3) == [[], []]
 
 
-def test_random_retriever_seeded(tmp_path: Path) -> None:
+def test_random_retriever_seeded(tmp_path: Path, monkeypatch) -> None:
     queries = ["a", "b", "c", "d"]
     one = retrieve(queries, COLLECTION, RandomRetriever(len(COLLECTION), seed=7), k=3)
     two = retrieve(queries, COLLECTION, RandomRetriever(len(COLLECTION), seed=7), k=3)
@@ -188,17 +188,18 @@ def test_random_retriever_seeded(tmp_path: Path) -> None:
     coll = tmp_path / "c.jsonl"
     write_jsonl_collection(coll)
     out = tmp_path / "r.jsonl"
-    from data_prep.kid_retrieve import main as retrieve_cli  # the console script: returns None
+    from data_prep.kid.retrieve import cli as retrieve_cli  # the console script: returns None
 
-    assert retrieve_cli(["--input", str(src), "--collection", str(coll), "--output", str(out),
-                         "--retriever", "random", "--seed", "7", "-k", "3"]) is None
+    monkeypatch.setattr(sys, "argv", ["kid-retrieve", "--input", str(src), "--collection", str(coll), "--output",
+                                      str(out), "--retriever", "random", "--seed", "7", "-k", "3"])
+    assert retrieve_cli() is None
     got = [[h["id"] for h in json.loads(line)["passages"]] for line in out.read_text().splitlines()]
     assert got == [[pid for pid, _ in hits] for hits in one]
 
 
 def test_no_fairseq_import() -> None:
-    code = ("import sys, data_prep.kid_build_trie, data_prep.kid_retrieve, data_prep.kid_triples, data_prep.trie_files; "
-            "data_prep.kid_build_trie.knowledge_trie_module(); assert 'fairseq' not in sys.modules")
+    code = ("import sys, data_prep.kid.build_trie, data_prep.kid.retrieve, data_prep.kid.triples, informative_dialogue.kid.trie_files; "
+            "data_prep.kid.build_trie.knowledge_trie_module(); assert 'fairseq' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -229,7 +230,7 @@ def test_build_trie_end_to_end(tmp_path: Path, nlp) -> None:
     assert stats["examples"] == 3 and stats["empty_tries"] == 1 and stats["no_passages"] == 1
     assert json.loads(Path(f"{out}.stats.json").read_text())["keys_total"] == stats["keys_total"]
 
-    examples = load_jsonl(out)  # data_prep.trie_files: no fairseq import (test_no_fairseq_import)
+    examples = load_jsonl(out)  # informative_dialogue.kid.trie_files: no fairseq import (test_no_fairseq_import)
     assert len(examples) == 3
     volcano, chess, empty = (e.trie for e in examples)
     assert {"volcano", "lava", "ash"} <= set(volcano.values)
@@ -250,7 +251,8 @@ def test_build_trie_end_to_end(tmp_path: Path, nlp) -> None:
 
 @pytest.mark.skipif(not TARBALL.exists(), reason=f"CMU_DoG tarball not found at {TARBALL}")
 def test_cmu_dog_real_contexts(tmp_path: Path, nlp) -> None:
-    from data_prep.cmu_dog import CmuDogSource, documents_of, prepare_split
+    from data_prep.corpora.cmu_dog_source import CmuDogSource, documents_of
+    from data_prep.corpora.cmu_dog import prepare_split
 
     source = CmuDogSource(TARBALL)
     examples, _, _ = prepare_split(source, documents_of(source), "test")
@@ -277,7 +279,7 @@ def test_cmu_dog_real_contexts(tmp_path: Path, nlp) -> None:
 
 
 def test_read_retrieval_errors(tmp_path: Path) -> None:
-    from data_prep.kid_build_trie import read_retrieval
+    from data_prep.kid.build_trie import read_retrieval
 
     by_id = {p.id: p for p in COLLECTION}
     ret = tmp_path / "ret.jsonl"

@@ -1,4 +1,4 @@
-"""KID's batched policy update (fairseq_plugins/generation/policy_update.py)."""
+"""KID's batched policy update (informative_dialogue/kid/policy_update.py)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fairseq_plugins.generation.policy_update import kid_policy_update, optimal_demo_mass
+from informative_dialogue.kid.policy_update import kid_policy_update, optimal_demo_mass
 
 
 def toy(n: int = 4, v: int = 40, seed: int = 0) -> torch.Tensor:

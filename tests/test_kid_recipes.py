@@ -180,7 +180,7 @@ def test_dense_retriever_and_hops_get_their_own_files_and_row(runs: dict) -> Non
 
 
 def test_dpr_collection_stage(tmp_path: Path) -> None:
-    from data_prep.kid_collection import load_collection
+    from data_prep.kid.collection import load_collection
 
     psgs = tmp_path / "psgs_w100.tsv"
     psgs.write_text('id\ttext\ttitle\n1\t"Aaron Aaron ( or ; ""Ahärôn"") is a prophet"\tAaron\n'

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
-from data_prep.trie_files import TrieStore, load_jsonl, save_jsonl
-from fairseq_plugins.generation.token_mapping import TokenMapper, bytes_to_unicode, detect_scheme
+from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
+from informative_dialogue.kid.trie_files import TrieStore, load_jsonl, save_jsonl
+from informative_dialogue.kid.token_mapping import TokenMapper, bytes_to_unicode, detect_scheme
 
 TOY = Path(__file__).parent / "data" / "kid_toy_trie.jsonl"
 

@@ -1,4 +1,4 @@
-"""Tests of data_prep.knowledge_base: first sentences, the source readers, items.tsv I/O and
+"""Tests of data_prep.ki.knowledge_base: first sentences, the source readers, items.tsv I/O and
 the title index."""
 from __future__ import annotations
 
@@ -10,19 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.common import CorpusError
-from data_prep.knowledge_base import (
-    KnowledgeItem,
-    count_knowledge_items,
-    first_sentence,
-    load_knowledge_base,
-    main,
-    wiki_jsonl_items,
-    wiki_summaries_items,
-    wordnet_items,
-    wow_mini_items,
-    write_knowledge_base,
-)
+from informative_dialogue.errors import CorpusError
+from data_prep.ki.knowledge_sources import KnowledgeItem, wiki_jsonl_items, wiki_summaries_items, wordnet_items, wow_mini_items
+from data_prep.ki.knowledge_base import count_knowledge_items, load_knowledge_base, main, write_knowledge_base
+from data_prep.ki.first_sentence import first_sentence
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ from fairseq import checkpoint_utils, tasks
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
 from fairseq_plugins.criterions.negative_distillation import NegativeDistillationCriterion
-from fairseq_plugins.losses import negative_distillation as nd
+from informative_dialogue.nd import losses as nd
+from informative_dialogue.nd import soft_unlikelihood as su
 from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode, output_logits
 from tests import nd_helpers as H
 from tests.conftest import REPO_ROOT
@@ -99,7 +100,7 @@ def test_loss_equals_eq13_from_the_pure_functions(setup, terms: str) -> None:
     mask = target.ne(1)
     mle = torch.nn.functional.cross_entropy(out_s[0].view(-1, out_s[0].size(-1)), target.view(-1),
                                             ignore_index=1, reduction="sum")
-    pred = nd.soft_unlikelihood(out_s[0], out_t[0], mask, temperature=2.0)
+    pred = su.soft_unlikelihood(out_s[0], out_t[0], mask, temperature=2.0)
     hid = [nd.mrse(s, t, mask.t()[:, :, None]) for s, t in zip(out_s[1]["inner_states"][1:],
                                                                out_t[1]["inner_states"][1:])]
     amask = attention_mask("self", mask, sample["net_input"]["prev_output_tokens"].eq(1))
@@ -129,7 +130,7 @@ def test_temperature_one_fuses_mle_and_l_pred_with_identical_loss_and_gradients(
         out_t = crit.teacher(**sample["net_input"])
     ref_crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
     mle, _ = ref_crit.compute_loss(model, out_s, sample, reduce=True)
-    pred = nd.soft_unlikelihood(out_s[0], out_t[0], sample["target"].ne(1), temperature=1.0)
+    pred = su.soft_unlikelihood(out_s[0], out_t[0], sample["target"].ne(1), temperature=1.0)
     expected = 0.6 * mle + 0.4 * pred
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fairseq_plugins.losses import negative_distillation as nd
+from informative_dialogue.nd import losses as nd
+from informative_dialogue.nd import soft_unlikelihood as su
 
 
 def test_soft_unlikelihood_hand_computed() -> None:
@@ -15,7 +16,7 @@ def test_soft_unlikelihood_hand_computed() -> None:
     student = torch.tensor([[[0.0, math.log(3.0)]]])
     teacher = torch.tensor([[[math.log(2.0), 0.0]]])
     expected = -(2 / 3 * math.log(1 - 1 / 4) + 1 / 3 * math.log(1 - 3 / 4))
-    assert nd.soft_unlikelihood(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+    assert su.soft_unlikelihood(student, teacher).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_soft_unlikelihood_temperature_mask_and_sum() -> None:
@@ -24,16 +25,16 @@ def test_soft_unlikelihood_temperature_mask_and_sum() -> None:
     mask = torch.tensor([[True, False]])
     # t = 2 halves the logits: back to the distributions of the test above
     expected = -(2 / 3 * math.log(3 / 4) + 1 / 3 * math.log(1 / 4))
-    got = nd.soft_unlikelihood(student, teacher, mask, temperature=2.0)
+    got = su.soft_unlikelihood(student, teacher, mask, temperature=2.0)
     assert got.item() == pytest.approx(expected, rel=1e-6)
-    per_pos = nd.soft_unlikelihood(student, teacher, mask, temperature=2.0, reduce=False)
+    per_pos = su.soft_unlikelihood(student, teacher, mask, temperature=2.0, reduce=False)
     assert per_pos.shape == (1, 2) and per_pos[0, 1].item() == 0.0
 
 
 def test_soft_unlikelihood_is_stable_at_certainty() -> None:
     student = torch.tensor([[[100.0, -100.0, -100.0]]], requires_grad=True)
     teacher = torch.tensor([[[100.0, -100.0, -100.0]]])
-    loss = nd.soft_unlikelihood(student, teacher, eps=1e-6)
+    loss = su.soft_unlikelihood(student, teacher, eps=1e-6)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(-math.log(1e-6), rel=1e-4)
     loss.backward()
     assert torch.isfinite(student.grad).all()
@@ -44,7 +45,7 @@ def _autograd_soft_unlikelihood(student, teacher, mask, temperature, eps, weight
     ``weights``: per-position factors of the sum."""
     log_p_s = torch.log_softmax(student / temperature, dim=-1)
     p_n = torch.softmax(teacher / temperature, dim=-1)
-    return (-(p_n * nd.log1mexp(log_p_s, eps)).sum(-1) * mask * weights).sum()
+    return (-(p_n * su.log1mexp(log_p_s, eps)).sum(-1) * mask * weights).sum()
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
@@ -56,14 +57,14 @@ def test_soft_unlikelihood_analytic_gradient_matches_autograd(temperature: float
     student.requires_grad_()
     teacher = torch.randn(3, 4, 9, dtype=torch.float64)
     mask = torch.tensor([[True, True, False, True], [True, False, False, False], [True, True, True, True]])
-    got = nd.soft_unlikelihood(student, teacher, mask, temperature, chunk_elements=20)  # chunks of 2 rows
+    got = su.soft_unlikelihood(student, teacher, mask, temperature, chunk_elements=20)  # chunks of 2 rows
     (grad_got,) = torch.autograd.grad(got, student)
     ref = _autograd_soft_unlikelihood(student, teacher, mask, temperature, 1e-6)
     (grad_ref,) = torch.autograd.grad(ref, student)
     assert got.item() == pytest.approx(ref.item(), rel=1e-12)
     assert torch.allclose(grad_got, grad_ref, rtol=1e-9, atol=1e-12)
     assert grad_got[1, 1:].abs().max() == 0  # masked positions get no gradient
-    assert torch.autograd.gradcheck(lambda x: nd.soft_unlikelihood(x, teacher, mask, temperature, chunk_elements=27), (student,))
+    assert torch.autograd.gradcheck(lambda x: su.soft_unlikelihood(x, teacher, mask, temperature, chunk_elements=27), (student,))
 
 
 def test_soft_unlikelihood_from_log_probs_matches_the_logits_form() -> None:
@@ -76,18 +77,18 @@ def test_soft_unlikelihood_from_log_probs_matches_the_logits_form() -> None:
     student.requires_grad_()
     teacher = torch.randn(3, 4, 9, dtype=torch.float64)
     mask = torch.tensor([[True, True, False, True], [True, False, False, False], [True, True, True, True]])
-    ref = nd.soft_unlikelihood(student, teacher, mask, 1.0, chunk_elements=20)
+    ref = su.soft_unlikelihood(student, teacher, mask, 1.0, chunk_elements=20)
     (grad_ref,) = torch.autograd.grad(ref, student)
-    got = nd.soft_unlikelihood(torch.log_softmax(student, -1), teacher, mask, 1.0, chunk_elements=20,
+    got = su.soft_unlikelihood(torch.log_softmax(student, -1), teacher, mask, 1.0, chunk_elements=20,
                                student_log_probs=True)
     (grad_got,) = torch.autograd.grad(got, student)
     assert got.item() == pytest.approx(ref.item(), rel=1e-12)
     assert torch.allclose(grad_got, grad_ref, rtol=1e-9, atol=1e-12)
     log_p = torch.log_softmax(student.detach(), -1).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x: nd.soft_unlikelihood(x, teacher, mask, 1.0, chunk_elements=27, student_log_probs=True), (log_p,))
+        lambda x: su.soft_unlikelihood(x, teacher, mask, 1.0, chunk_elements=27, student_log_probs=True), (log_p,))
     with pytest.raises(ValueError, match="temperature 1"):
-        nd.soft_unlikelihood(log_p, teacher, mask, 2.0, student_log_probs=True)
+        su.soft_unlikelihood(log_p, teacher, mask, 2.0, student_log_probs=True)
 
 
 @pytest.mark.parametrize("chunk_elements", [None, 6, 12])  # one block; one row per block; two rows
@@ -99,21 +100,21 @@ def test_soft_unlikelihood_padding_never_leaks(chunk_elements) -> None:
     student = torch.randn(2, 3, 6)
     teacher = torch.randn(2, 3, 6)
     mask = torch.tensor([[True, True, False], [True, False, False]])
-    clean = nd.soft_unlikelihood(student, teacher, mask, reduce=False, chunk_elements=chunk_elements)
+    clean = su.soft_unlikelihood(student, teacher, mask, reduce=False, chunk_elements=chunk_elements)
     student[0, 2] = float("inf")
     student[1, 1:] = float("nan")
     teacher[1, 2] = float("nan")
     student.requires_grad_()
-    per_position = nd.soft_unlikelihood(student, teacher, mask, reduce=False, chunk_elements=chunk_elements)
+    per_position = su.soft_unlikelihood(student, teacher, mask, reduce=False, chunk_elements=chunk_elements)
     assert torch.equal(per_position.detach(), clean)
     assert per_position[~mask].abs().max() == 0
     per_position.sum().backward()
     assert torch.isfinite(student.grad).all() and student.grad[~mask].abs().max() == 0
     student.grad = None
-    nd.soft_unlikelihood(student, teacher, mask, chunk_elements=chunk_elements).backward()
+    su.soft_unlikelihood(student, teacher, mask, chunk_elements=chunk_elements).backward()
     assert torch.isfinite(student.grad).all() and student.grad[~mask].abs().max() == 0
     with pytest.raises(ValueError, match="mask"):
-        nd.soft_unlikelihood(student, teacher, mask[:, :2])
+        su.soft_unlikelihood(student, teacher, mask[:, :2])
 
 
 def test_soft_unlikelihood_does_not_depend_on_chunking_nor_grad_of_teacher() -> None:
@@ -122,11 +123,11 @@ def test_soft_unlikelihood_does_not_depend_on_chunking_nor_grad_of_teacher() -> 
     teacher = torch.randn(2, 5, 7, requires_grad=True)
     results = []
     for chunk_elements in (1, 7, 15, 10_000):
-        loss = nd.soft_unlikelihood(student, teacher, None, 1.0, chunk_elements=chunk_elements)
+        loss = su.soft_unlikelihood(student, teacher, None, 1.0, chunk_elements=chunk_elements)
         results.append((loss.item(), torch.autograd.grad(loss, student)[0]))
     for value, grad in results[1:]:
         assert value == pytest.approx(results[0][0], rel=1e-6) and torch.allclose(grad, results[0][1], atol=1e-7)
-    nd.soft_unlikelihood(student, teacher).backward()
+    su.soft_unlikelihood(student, teacher).backward()
     assert teacher.grad is None  # the teacher is a constant of L_pred
 
 
@@ -139,12 +140,12 @@ def test_soft_unlikelihood_gradient_under_repeated_and_weighted_backward() -> No
     teacher = torch.randn(2, 3, 8, dtype=torch.float64)
     mask = torch.tensor([[True, True, False], [True, True, True]])
     (unit,) = torch.autograd.grad(_autograd_soft_unlikelihood(student, teacher, mask, 1.5, 1e-6), student)
-    loss = nd.soft_unlikelihood(student, teacher, mask, 1.5, chunk_elements=16)
+    loss = su.soft_unlikelihood(student, teacher, mask, 1.5, chunk_elements=16)
     for weight in (2.0, 0.0, -3.0, 1.0):
         (grad,) = torch.autograd.grad(loss * weight, student, retain_graph=True)
         assert torch.allclose(grad, weight * unit, rtol=1e-12, atol=1e-15)
     weights = torch.randn(2, 3, dtype=torch.float64)
-    per_position = nd.soft_unlikelihood(student, teacher, mask, 1.5, reduce=False, chunk_elements=16)
+    per_position = su.soft_unlikelihood(student, teacher, mask, 1.5, reduce=False, chunk_elements=16)
     (grad,) = torch.autograd.grad((per_position * weights).sum(), student)
     (grad_ref,) = torch.autograd.grad(_autograd_soft_unlikelihood(student, teacher, mask, 1.5, 1e-6, weights), student)
     assert torch.allclose(grad, grad_ref, rtol=1e-12, atol=1e-15)
@@ -157,9 +158,9 @@ def test_soft_unlikelihood_without_grad_and_in_half_precision() -> None:
     student = torch.randn(2, 4, 10)
     teacher = torch.randn(2, 4, 10)
     with torch.no_grad():
-        value = nd.soft_unlikelihood(student, teacher)
+        value = su.soft_unlikelihood(student, teacher)
     half = student.half().requires_grad_()
-    value_half = nd.soft_unlikelihood(half, teacher.half())
+    value_half = su.soft_unlikelihood(half, teacher.half())
     assert value_half.dtype == torch.float32 and value_half.item() == pytest.approx(value.item(), rel=1e-2)
     value_half.backward()
     assert half.grad.dtype == torch.float16 and torch.isfinite(half.grad).all()
@@ -186,10 +187,10 @@ def test_mle_and_soft_unlikelihood_equal_the_two_terms_computed_apart(alpha: flo
     target[2, 3] = 4  # the gold token is the p > 1/2 entry
     log_p = torch.log_softmax(student, -1)
     mle, nll = label_smoothed_nll_loss(log_p.view(-1, vocab), target.view(-1), smoothing, ignore_index=pad)
-    pred = nd.soft_unlikelihood(log_p, teacher, target.ne(pad), student_log_probs=True)
+    pred = su.soft_unlikelihood(log_p, teacher, target.ne(pad), student_log_probs=True)
     (grad_ref,) = torch.autograd.grad((1 - alpha) * mle + alpha * pred, student)
     for chunk_elements in (11, 22, None):
-        weighted, got_mle, got_nll, got_pred = nd.mle_and_soft_unlikelihood(
+        weighted, got_mle, got_nll, got_pred = su.mle_and_soft_unlikelihood(
             torch.log_softmax(student, -1), target, teacher, alpha, smoothing, pad, chunk_elements=chunk_elements)
         (grad,) = torch.autograd.grad(weighted, student)
         assert weighted.item() == pytest.approx(((1 - alpha) * mle + alpha * pred).item(), rel=1e-12)
@@ -203,9 +204,9 @@ def test_mle_and_soft_unlikelihood_equal_the_two_terms_computed_apart(alpha: flo
 def test_mle_and_soft_unlikelihood_shape_errors() -> None:
     log_p = torch.log_softmax(torch.randn(2, 3, 5), -1)
     with pytest.raises(ValueError, match="teacher"):
-        nd.mle_and_soft_unlikelihood(log_p, torch.ones(2, 3, dtype=torch.long), torch.randn(2, 3, 4), 0.5, 0.1, 1)
+        su.mle_and_soft_unlikelihood(log_p, torch.ones(2, 3, dtype=torch.long), torch.randn(2, 3, 4), 0.5, 0.1, 1)
     with pytest.raises(ValueError, match="target"):
-        nd.mle_and_soft_unlikelihood(log_p, torch.ones(2, 2, dtype=torch.long), torch.randn(2, 3, 5), 0.5, 0.1, 1)
+        su.mle_and_soft_unlikelihood(log_p, torch.ones(2, 2, dtype=torch.long), torch.randn(2, 3, 5), 0.5, 0.1, 1)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -220,10 +221,10 @@ def test_overwrite_teacher_gives_the_same_value_and_gradient(fused: bool) -> Non
 
     def run(overwrite: bool, teacher_logits: torch.Tensor):
         if fused:
-            value = nd.mle_and_soft_unlikelihood(torch.log_softmax(student, -1), target, teacher_logits, 0.4, 0.1, 1,
+            value = su.mle_and_soft_unlikelihood(torch.log_softmax(student, -1), target, teacher_logits, 0.4, 0.1, 1,
                                                  chunk_elements=18, overwrite_teacher=overwrite)[0]
         else:
-            value = nd.soft_unlikelihood(student, teacher_logits, target.ne(1), 2.0, chunk_elements=18,
+            value = su.soft_unlikelihood(student, teacher_logits, target.ne(1), 2.0, chunk_elements=18,
                                          overwrite_teacher=overwrite)
         return value, torch.autograd.grad(value, student)[0]
 
@@ -239,7 +240,7 @@ def test_overwrite_teacher_gives_the_same_value_and_gradient(fused: bool) -> Non
 def test_log1mexp_gradient_in_both_branches_and_the_clamp() -> None:
     # d/dx log(1 - e^x) = -e^x / (1 - e^x); 0 inside the clamp (x > log(1 - eps))
     x = torch.tensor([-50.0, -3.0, -0.7, -0.6, -1e-3, -1e-9], dtype=torch.float64, requires_grad=True)
-    (grad,) = torch.autograd.grad(nd.log1mexp(x, eps=1e-6).sum(), x)
+    (grad,) = torch.autograd.grad(su.log1mexp(x, eps=1e-6).sum(), x)
     expected = -torch.exp(x) / -torch.expm1(x)
     expected[-1] = 0.0
     assert torch.allclose(grad, expected.detach(), rtol=1e-12, atol=0)
@@ -247,7 +248,7 @@ def test_log1mexp_gradient_in_both_branches_and_the_clamp() -> None:
 
 def test_log1mexp_matches_direct_formula() -> None:
     lp = torch.tensor([-20.0, -3.0, -0.7, -0.1, -1e-3], dtype=torch.float64)
-    assert torch.allclose(nd.log1mexp(lp, eps=1e-12), torch.log(1 - lp.exp()), rtol=1e-9)
+    assert torch.allclose(su.log1mexp(lp, eps=1e-12), torch.log(1 - lp.exp()), rtol=1e-9)
 
 
 def test_hard_unlikelihood_hand_computed() -> None:

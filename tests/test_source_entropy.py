@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import dailydialog
-from data_prep import source_entropy as se
-from data_prep.common import CorpusError
+from data_prep.corpora import dailydialog
+from data_prep.nd import source_entropy as se
+from informative_dialogue.errors import CorpusError
 
 HAND = [  # (query, response)
     ("how do i get to the airport ?", "i don't know ."),

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.detokenize import detokenize_sentencepiece, detokenize_wordpiece
-from data_prep.tokenize import BertWordPiece, SentencePiece, main, tokenize_line
+from data_prep.corpora.detokenize import detokenize_sentencepiece, detokenize_wordpiece
+from data_prep.corpora.tokenize import BertWordPiece, SentencePiece, main, tokenize_line
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from fairseq import tasks
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
-from fairseq_plugins.losses import unlikelihood as ul
+from informative_dialogue.nd import unlikelihood as ul
 from tests import nd_helpers as H
 
 

@@ -6,6 +6,9 @@ USER_DIR="$ROOT/fairseq_plugins"
 SHARED_DATA="${SHARED_DATA:-$ROOT/../shared/data}"
 export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 
+# has_stage NAME: whether the recipe's STAGES (a space-separated list) names stage NAME.
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
 # transformer_args CONFIG -> the architecture flags of one model size.
 #   paper: the knowledge-internalization paper's Transformer (appendix B): 6+6 layers,
 #          512 model / 1024 FFN, 4 heads, shared embeddings.

@@ -97,7 +97,6 @@ APPEND_MD="${APPEND_MD:-0}"
 STAGES="${STAGES:-retrieve trie decode evaluate}"
 # -------------------------------------------------------------------------------------------
 
-has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 wordpiece_flag=()
 [ "$WORDPIECE" = 1 ] && wordpiece_flag=(--wordpiece)
 collection_args=(--collection "$COLLECTION" --collection-format "$COLLECTION_FORMAT" --max-words "$MAX_WORDS")

@@ -59,7 +59,6 @@ KNOWLEDGE="${KNOWLEDGE:-}"
 STAGES="${STAGES:-kb retriever index mine binarise train generate evaluate}"
 # -------------------------------------------------------------------------------------------
 
-has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 if has_stage kb; then
   kb_args=()

@@ -37,11 +37,10 @@ WORKERS="${WORKERS:-2}"
 STAGES="${STAGES:-entropy binarise teacher student generate evaluate}"   # add "bottom" for Table 6
 # -------------------------------------------------------------------------------------------
 
-has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 [ -f "$DATA_BIN/dict.src.txt" ] || { echo "run examples/dailydialog/prepare.sh first ($DATA_BIN)" >&2; exit 1; }
 
 if has_stage entropy; then
-  (cd "$ROOT" && python3 -m data_prep.source_entropy --input "$TOK_DIR" --output "$ENTROPY_DIR" \
+  (cd "$ROOT" && python3 -m data_prep.nd.source_entropy --input "$TOK_DIR" --output "$ENTROPY_DIR" \
     --ratio "$RATIO" --normalize "$NORMALIZE" --tie-break "$TIE_BREAK")
 fi
 

@@ -27,7 +27,6 @@ LENPEN="${LENPEN:-1.0}"
 STAGES="${STAGES:-train generate evaluate}"
 # -------------------------------------------------------------------------------------------
 
-has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 case "$METHOD" in
   ul) CRITERION_ARGS="--criterion unlikelihood --label-smoothing 0.1 --ul-alpha $UL_ALPHA $UL_ARGS" ;;
   nt) CRITERION_ARGS="--criterion negative_training --label-smoothing 0.1 --nt-ratio $NT_RATIO $NT_ARGS" ;;

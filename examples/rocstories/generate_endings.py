@@ -3,7 +3,7 @@
 
 Every method is ``[kid_|little_]{greedy|beam|sample}``: ``greedy`` / ``beam`` / ``sample``
 alone is plain decoding; the ``kid_`` prefix adds
-:class:`~fairseq_plugins.generation.hf_logits_processor.KIDLogitsProcessor` (memory + multi-hop
+:class:`~informative_dialogue.kid.hf_processor.KIDLogitsProcessor` (memory + multi-hop
 trie query, paper Algorithm 2), ``little_`` the same processor with ``mode="little"`` (every
 end node of the example's trie, no dynamic query; appendix A.3). The processor runs *before*
 the sampling warpers (temperature, top-k, top-p), as in the paper ("KID uses sampling decoding
@@ -54,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from fairseq_plugins.generation.entity_memory import KIDOptions
+    from informative_dialogue.kid.memory import KIDOptions
 
 logger = logging.getLogger("generate_endings")
 
@@ -251,8 +251,8 @@ def logits_processors(method: Method, tries: Sequence[Any], mapper: Any, cfg: De
 
     procs: List[Any] = []
     if method.knowledge != "none":
-        from fairseq_plugins.generation.entity_memory import KIDOptions
-        from fairseq_plugins.generation.hf_logits_processor import KIDLogitsProcessor
+        from informative_dialogue.kid.memory import KIDOptions
+        from informative_dialogue.kid.hf_processor import KIDLogitsProcessor
 
         rows = cfg.num_beams if method.decoding == "beam" else 1
         kid = KIDLogitsProcessor(list(tries), mapper, rows_per_input=rows, subwords=cfg.subwords,
@@ -403,18 +403,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if any(m.knowledge != "none" for m in methods):
         if not args.tries:
             raise SystemExit("kid_/little_ methods need --tries")
-        from data_prep.trie_files import load_jsonl
+        from informative_dialogue.kid.trie_files import load_jsonl
 
         tries = load_jsonl(args.tries)[: len(contexts)]
         if len(tries) != len(contexts):
             raise SystemExit(f"{args.tries}: {len(tries)} tries for {len(contexts)} stories")
     model, tokenizer, info = load_lm(args.model, args.gguf_file)
-    from fairseq_plugins.generation.token_mapping import TokenMapper
+    from informative_dialogue.kid.token_mapping import TokenMapper
 
     mapper = TokenMapper.from_hf_tokenizer(tokenizer, subwords=args.kid_subwords)
     stop_ids = sentence_end_ids(tokenizer)
     prompts = build_prompts(contexts, tokenizer, args.prompt, args.instruction)
-    from fairseq_plugins.generation.entity_memory import KIDOptions
+    from informative_dialogue.kid.memory import KIDOptions
 
     cfg = DecodeConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
                        num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p,

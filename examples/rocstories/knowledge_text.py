@@ -12,9 +12,9 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
-from data_prep.common import setup_logging
-from data_prep.kid_build_trie import read_retrieval
-from data_prep.kid_collection import add_collection_arguments, collection_from_args, index_by_id
+from informative_dialogue.cli import setup_logging
+from data_prep.kid.build_trie import read_retrieval
+from data_prep.kid.collection import add_collection_arguments, collection_from_args, index_by_id
 
 logger = logging.getLogger("knowledge_text")
 

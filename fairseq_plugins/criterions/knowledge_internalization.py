@@ -63,7 +63,7 @@ from omegaconf import II
 from torch import Tensor, nn
 
 from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
-from fairseq_plugins.losses import knowledge_internalization as ki
+from informative_dialogue.ki import loss as ki
 from fairseq_plugins.models.encoder_capture import EncoderOutputCapture
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ teacher (paper: shared/papers/negative_distillation.txt, Eq. 5–16)::
 - L_hid^l, L_att^l: MRSE ``mean(exp(-(A - B)^2))`` between teacher and student outputs of
   decoder layer l and their pre-softmax attention scores QK^T/sqrt(d_k) (Eq. 8–12); self-attention
   by default, ``--nd-attention encoder|both`` for encoder–decoder attention. Minimising MRSE pushes
-  the student's features away from the teacher's (see fairseq_plugins/losses/negative_distillation.py).
+  the student's features away from the teacher's (see informative_dialogue/nd/losses.py).
 - α: progressive ``λ σ'(β (s - γ))`` (λ = 4, γ = 25600, β = 6/γ, paper §3.2) or fixed
   (``--nd-alpha-schedule fixed --nd-alpha A``, Table 8). ``--nd-terms`` selects the terms (Table 5).
 
@@ -50,7 +50,8 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics, target_and_sample_size
-from fairseq_plugins.losses import negative_distillation as nd
+from informative_dialogue.nd import losses as nd
+from informative_dialogue.nd import soft_unlikelihood as su
 from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode, output_logits
 
 logger = logging.getLogger(__name__)
@@ -341,11 +342,11 @@ class NegativeDistillationCriterion(FairseqCriterion):
                 t_logits = output_logits(teacher, t_output[0])
                 if fused:
                     lprobs = model.get_normalized_probs(net_output, log_probs=True)
-                    weighted, mle, nll, pred = nd.mle_and_soft_unlikelihood(
+                    weighted, mle, nll, pred = su.mle_and_soft_unlikelihood(
                         lprobs, target, t_logits, alpha, self.eps, self.padding_idx, self.clamp,
                         overwrite_teacher=True)
                 else:
-                    pred = nd.soft_unlikelihood(net_output[0], t_logits, target_mask, self.temperature, self.clamp,
+                    pred = su.soft_unlikelihood(net_output[0], t_logits, target_mask, self.temperature, self.clamp,
                                                 overwrite_teacher=True)
             elif "pred" in use:
                 neg = self._negative_tokens(sample, teacher, target)

@@ -1,5 +1,5 @@
 """Criterion ``unlikelihood``: the UL baseline of the negative distillation paper
-(Li et al., 2020, vocabulary-usage unlikelihood; see fairseq_plugins/losses/unlikelihood.py)::
+(Li et al., 2020, vocabulary-usage unlikelihood; see informative_dialogue/nd/unlikelihood.py)::
 
     L = L_mle + alpha * L_UL,   L_UL = -(1/|C|) sum_{t in C} beta(y_t) log(1 - p(y_t | y_<t, x))
 
@@ -36,7 +36,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
-from fairseq_plugins.losses import unlikelihood as ul
+from informative_dialogue.nd import unlikelihood as ul
 from fairseq_plugins.models.capture import greedy_decode
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, LanguagePairDataset, PrependTokenDataset
 
-from fairseq_plugins.data.knowledge_alignments import KnowledgeAlignments
+from informative_dialogue.ki.alignments import KnowledgeAlignments
 
 
 def check_mirrorable(dataset: LanguagePairDataset) -> None:

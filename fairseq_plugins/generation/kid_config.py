@@ -33,7 +33,7 @@ class KIDConfig(FairseqDataclass):
         default=None,
         metadata={
             "help": "knowledge trie JSONL file, line i = example i of the generation subset "
-            "(format: data_prep/trie_files.py)"
+            "(format: informative_dialogue/kid/trie_files.py)"
         },
     )
     kid_shared_trie: bool = field(

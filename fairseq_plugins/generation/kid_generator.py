@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
-from fairseq_plugins.generation.entity_memory import EntityMemory, KIDCore, KIDOptions
-from data_prep.trie_files import TrieStore
-from fairseq_plugins.generation.token_mapping import TokenMapper, load_gpt2_symbol_map
+from informative_dialogue.kid.memory import EntityMemory, KIDCore, KIDOptions
+from informative_dialogue.kid.trie_files import TrieStore
+from informative_dialogue.kid.token_mapping import TokenMapper, load_gpt2_symbol_map
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ running it twice (knowledge internalization reuses the states of the model's own
     position-aligned with ``src_tokens``; the mask returned here describes the states' own layout.
 
 Callers pair states with per-token labels by order, not by position (see
-``fairseq_plugins.losses.knowledge_internalization.align_by_order``).
+``informative_dialogue.ki.loss.align_by_order``).
 """
 from __future__ import annotations
 

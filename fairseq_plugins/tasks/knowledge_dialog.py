@@ -20,15 +20,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 from fairseq import utils
-from fairseq.data import data_utils, indexed_dataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_plugins.data.batching import CompleteBatchesMixin
 from fairseq_plugins.data.knowledge_aligned_dataset import KnowledgeAlignedDataset
-from fairseq_plugins.data.knowledge_alignments import KnowledgeAlignments, alignment_paths, alignments_exist
+from informative_dialogue.ki.alignments import KnowledgeAlignments, alignment_paths, alignments_exist
+from informative_dialogue.ki.binarized_sizes import binarized_source_sizes
 from fairseq_plugins.generation.kid_config import KIDConfig
 from fairseq_plugins.generation.kid_generator import KIDTaskMixin
 
@@ -92,16 +91,14 @@ class KnowledgeDialogTask(CompleteBatchesMixin, KIDTaskMixin, TranslationTask):
 
     def _raw_source_sizes(self, data_path: str, split: str):
         """Token counts (EOS included) of the binarised source before any truncation, (n,)."""
-        src, tgt = self.cfg.source_lang, self.cfg.target_lang
-        for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
-            path = os.path.join(data_path, f"{split}.{pair}.{src}")
-            if indexed_dataset.dataset_exists(path, impl=self.cfg.dataset_impl):
-                raw = data_utils.load_indexed_dataset(path, None, self.cfg.dataset_impl)
-                if len(raw) != len(self.datasets[split]):
-                    raise ValueError(
-                        f"{path}: {len(raw)} examples but split {split!r} has {len(self.datasets[split])} "
-                        "(sharded splits, e.g. train1, are not supported with --knowledge-alignments)"
-                    )
-                # a copy: fairseq's sizes are a view of an mmap closed when `raw` is freed
-                return np.array(raw.sizes, dtype=np.int64)
-        raise FileNotFoundError(f"binarised source of split {split!r} not found in {data_path}")
+        found = binarized_source_sizes(data_path, split, self.cfg.source_lang, self.cfg.target_lang,
+                                       self.cfg.dataset_impl)
+        if found is None:
+            raise FileNotFoundError(f"binarised source of split {split!r} not found in {data_path}")
+        path, sizes = found
+        if len(sizes) != len(self.datasets[split]):
+            raise ValueError(
+                f"{path}: {len(sizes)} examples but split {split!r} has {len(self.datasets[split])} "
+                "(sharded splits, e.g. train1, are not supported with --knowledge-alignments)"
+            )
+        return sizes

@@ -1,0 +1,176 @@
+"""Join ``ki-mine`` shards into one alignment file and write its coverage statistics.
+
+``ki-merge-alignments --output PREFIX.align --num-shards N [--source FILE.src]`` checks that
+every shard ``PREFIX.shard{I}of{N}`` is complete per its progress file (same source, index and
+options in all shards; contiguous line ranges that add up to the source; align file size equal
+to the recorded byte offset), concatenates them in order into ``PREFIX.align`` (written to a
+temporary file, then renamed), validates one id per token with
+``alignment_text.read_alignments(align, source)`` and writes ``PREFIX.align.stats.json``:
+
+- the summed shard counts and shares (``share_tokens_with_knowledge`` over all tokens,
+  ``share_content_tokens_with_knowledge``: content tokens (neither stopwords/punctuation by
+  the miner's rule nor skip tokens) with knowledge over content tokens; exact-match vs retrieved shares of the knowledge
+  tokens, dedup hit rate);
+- paper Table 7 style diversity: ``distinct_items_per_token_type`` (for each source token
+  type with any knowledge, the number of distinct non-zero ids it is aligned to over the
+  corpus, averaged over those types; token = whitespace token of the source, e.g. a
+  WordPiece); ``distinct_items_per_sentence`` (distinct non-zero ids of a line, averaged over all lines)
+  and ``..._with_knowledge`` (over lines with at least one id); ``distinct_items_used``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from informative_dialogue.ki.alignment_text import read_alignments, read_text_lines
+from informative_dialogue.errors import CorpusError
+from informative_dialogue.cli import setup_logging, console_script
+from data_prep.ki.shards import COUNT_KEYS, shard_paths, strip_prefix, summarize, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def diversity_stats(rows: Sequence[np.ndarray], source_lines: Sequence[str], progress: bool = False) -> dict:
+    """Table-7 style diversity of an alignment (``rows[i]`` int64 ``(n_tokens_i,)`` for
+    ``source_lines[i]``)."""
+    per_type: dict[str, set[int]] = defaultdict(set)
+    used: set[int] = set()
+    per_sentence = []
+    for ids, line in tqdm(zip(rows, source_lines), total=len(rows), desc="coverage", disable=not progress):
+        nz = ids[ids > 0]
+        distinct = set(nz.tolist())
+        per_sentence.append(len(distinct))
+        used |= distinct
+        for tok, i in zip(line.split(), ids.tolist()):
+            if i > 0:
+                per_type[tok].add(i)
+    with_k = [n for n in per_sentence if n > 0]
+    return {
+        "distinct_items_per_token_type": float(np.mean([len(s) for s in per_type.values()])) if per_type else 0.0,
+        "token_types_with_knowledge": len(per_type),
+        "distinct_items_per_sentence": float(np.mean(per_sentence)) if per_sentence else 0.0,
+        "distinct_items_per_sentence_with_knowledge": float(np.mean(with_k)) if with_k else 0.0,
+        "distinct_items_used": len(used),
+    }
+
+
+def _load_progress(path: str, shard_id: int, num_shards: int, prefix: str) -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path}: shard {shard_id} of {num_shards} is missing (run ki-mine --output {prefix} "
+            f"--num-shards {num_shards} --shard-id {shard_id})"
+        )
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def merge_shards(output: str, num_shards: int, source: str | None = None, progress: bool = True) -> dict:
+    """Merge ``num_shards`` shards of ``output`` (``PREFIX.align`` or ``PREFIX``) into
+    ``PREFIX.align``; returns (and writes) the coverage stats."""
+    prefix = strip_prefix(output)
+    out_path = prefix + ".align"
+    if num_shards < 1:
+        raise ValueError(f"num-shards must be >= 1, got {num_shards}")
+    states, files = [], []
+    for i in range(num_shards):
+        paths = shard_paths(prefix, num_shards, i)
+        st = _load_progress(paths["progress"], i, num_shards, prefix)
+        if st.get("num_shards") != num_shards or st.get("shard_id") != i:
+            raise ValueError(f"{paths['progress']}: records shard {st.get('shard_id')} of {st.get('num_shards')}, expected {i} of {num_shards}")
+        if not st.get("complete"):
+            raise ValueError(
+                f"{paths['progress']}: shard {i} of {num_shards} is incomplete ({st.get('lines_done')} of "
+                f"{st['end_line'] - st['start_line']} lines); rerun ki-mine for it to resume"
+            )
+        if st["lines_done"] != st["end_line"] - st["start_line"]:
+            raise ValueError(f"{paths['progress']}: marked complete but {st['lines_done']} lines done of {st['end_line'] - st['start_line']}")
+        if not os.path.exists(paths["align"]) or os.path.getsize(paths["align"]) != st["byte_offset"]:
+            size = os.path.getsize(paths["align"]) if os.path.exists(paths["align"]) else "missing"
+            raise CorpusError(paths["align"], f"size {size} differs from the {st['byte_offset']} bytes recorded in {paths['progress']}")
+        if states:
+            first = states[0]
+            for key in ("options", "index"):
+                if st[key] != first[key]:
+                    raise ValueError(f"{paths['progress']}: {key} differ from shard 0's ({key} must be the same in all shards)")
+            if st["source"]["sha256"] != first["source"]["sha256"]:
+                raise ValueError(f"{paths['progress']}: mined from another source than shard 0 ({st['source']['path']})")
+            if st["start_line"] != states[-1]["end_line"]:
+                raise ValueError(f"{paths['progress']}: starts at line {st['start_line']} but shard {i - 1} ends at {states[-1]['end_line']}")
+        elif st["start_line"] != 0:
+            raise ValueError(f"{paths['progress']}: shard 0 starts at line {st['start_line']}, expected 0")
+        states.append(st)
+        files.append(paths["align"])
+    recorded = states[0]["source"]
+    if states[-1]["end_line"] != recorded["lines"]:
+        raise ValueError(f"shards cover {states[-1]['end_line']} lines but the source {recorded['path']} has {recorded['lines']}")
+    from data_prep.ki.index import file_sha256
+
+    source = source or recorded["path"]
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"{source}: source file not found (pass --source)")
+    if file_sha256(source) != recorded["sha256"]:
+        raise ValueError(f"{source}: differs from the source the shards were mined from ({recorded['path']})")
+    tmp = out_path + ".tmp"
+    with open(tmp, "wb") as out:
+        for path in files:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    out.write(block)
+    os.replace(tmp, out_path)
+    rows = read_alignments(out_path, source)
+    source_lines = read_text_lines(source)
+    counts = {k: sum(st["counts"].get(k, 0) for st in states) for k in COUNT_KEYS}
+    if counts["lines"] != len(rows) or counts["tokens"] != sum(len(r) for r in rows):
+        raise ValueError(f"shard counts ({counts['lines']} lines, {counts['tokens']} tokens) do not add up to {out_path}")
+    stats = {
+        "align": os.path.abspath(out_path),
+        "source": os.path.abspath(source),
+        "num_shards": num_shards,
+        "counts": counts,
+        **summarize(counts),
+        **diversity_stats(rows, source_lines, progress=progress),
+        "mining_seconds": sum(st.get("elapsed_s", 0.0) for st in states),
+        "options": states[0]["options"],
+    }
+    write_json_atomic(out_path + ".stats.json", stats)
+    logger.info(
+        "merged %d shard(s) -> %s: %d lines, %d tokens, %.1f%% with knowledge (%.1f%% of content tokens); "
+        "%.2f items per token type, %.2f per sentence, %d distinct items",
+        num_shards, out_path, counts["lines"], counts["tokens"], 100 * stats["share_tokens_with_knowledge"],
+        100 * stats["share_content_tokens_with_knowledge"], stats["distinct_items_per_token_type"],
+        stats["distinct_items_per_sentence"], stats["distinct_items_used"],
+    )
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ki-merge-alignments",
+        description="Join complete ki-mine shards into PREFIX.align (validated one id per token) and write "
+        "PREFIX.align.stats.json with coverage and diversity statistics.",
+    )
+    p.add_argument("--output", required=True, help="PREFIX.align (the shards are PREFIX.shard{I}of{N}.*)")
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--source", default=None, help="source file (default: the one recorded by the shards; must match)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return merge_shards(args.output, args.num_shards, args.source, progress=not args.no_progress)
+
+
+cli = console_script(main)  # the console script: exit status 0 on success
+
+if __name__ == "__main__":
+    main()

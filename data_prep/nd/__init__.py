@@ -1,0 +1,1 @@
+"""The negative-distillation pipeline: source entropy and the entropy halves (Eq. 4)."""

@@ -1,0 +1,48 @@
+"""The one console-script convention of the project's commands.
+
+Every command module defines ``main(argv=None)``, which parses ``argv``, does the work and returns
+its statistics (a dict or list, for callers and tests) or an int exit status, and ``cli = console_script(main)``, which
+``setup.py`` names as the entry point. ``cli``:
+
+- exits 0 on success, or with ``main``'s int status (setuptools' script runs ``sys.exit(entry())``, and ``sys.exit`` of a dict
+  would print it and exit 1);
+- on an expected input error (``ValueError`` such as :class:`~informative_dialogue.errors.CorpusError`,
+  or ``OSError`` such as a missing file) prints one line, ``prog: message`` (the message names the
+  file and line), and exits 2; ``--verbose`` on the command line shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+EXIT_INPUT_ERROR = 2
+EXPECTED_ERRORS = (ValueError, OSError)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure root logging for a command-line entry point (once per process)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+    )
+
+
+def console_script(main: Callable[[], object]) -> Callable[[], None]:
+    """The console entry point of ``main`` (see the module docstring)."""
+
+    def entry() -> None:
+        try:
+            status = main()
+        except EXPECTED_ERRORS as err:
+            if "--verbose" in sys.argv[1:]:
+                raise
+            prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else main.__module__
+            sys.stderr.write(f"{prog}: {err}\n")
+            sys.exit(EXIT_INPUT_ERROR)
+        if isinstance(status, int) and not isinstance(status, bool) and status != 0:
+            sys.exit(status)
+
+    entry.__doc__ = f"Console entry point of {main.__module__}.main (exit 0 on success, 2 on input errors)."
+    return entry
