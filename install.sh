@@ -1,10 +1,36 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh machine (Python 3.11; CPU, or CUDA where the user has it).
-# Usage: bash install.sh            (PYTHON=/path/to/python bash install.sh for another interpreter)
+# Usage: bash install.sh               install (PYTHON=/path/to/python bash install.sh for another interpreter)
+#        bash install.sh --if-needed   the same, skipped when this interpreter was installed from the same
+#                                      install.sh, requirements.txt and setup.py (`make quickstart` / `make test`)
+#        bash install.sh --fingerprint print what the stamp (.install.stamp) records for this interpreter
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 PIP=("$PY" -m pip install --disable-pip-version-check)
+
+# The stamp: which interpreter was installed from which versions of the three install files.
+STAMP=".install.stamp"
+fingerprint() {
+  { command -v "$PY" || echo "$PY"; "$PY" -c 'import sys; print(sys.prefix, sys.version)'; \
+    cat install.sh requirements.txt setup.py; } | sha256sum | cut -d' ' -f1
+}
+if [ "${1:-}" = "--fingerprint" ]; then
+  fingerprint
+  exit 0
+elif [ "${1:-}" = "--if-needed" ]; then
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ] \
+     && "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
+        ('torch', 'fairseq', 'faiss', 'transformers', 'informative_dialogue', 'fairseq_plugins')))" 2>/dev/null; then
+    echo "install.sh: up to date for $PY (install skipped; delete $STAMP to force it)"
+    exit 0
+  fi
+  echo "install.sh: installing for $PY (no stamp, or install.sh / requirements.txt / setup.py changed)"
+elif [ -n "${1:-}" ]; then
+  echo "install.sh: unknown argument '$1' (expected nothing, --if-needed or --fingerprint)" >&2
+  exit 2
+fi
+rm -f "$STAMP"
 
 # 0. WordNet 3.0 (Debian's wordnet-base: /usr/share/wordnet/data.*), the linguistic knowledge of the
 #    knowledge-internalization knowledge base. Skipped where it is already there or apt is absent.
@@ -37,3 +63,4 @@ fi
 # 5. this project, editable (fairseq refuses a second module of the same name under --user-dir).
 "${PIP[@]}" --no-deps --no-build-isolation -e .
 "$PY" -c "import fairseq, torch, faiss, spacy, transformers; print('install ok: fairseq', fairseq.__version__, 'torch', torch.__version__)"
+fingerprint > "$STAMP"

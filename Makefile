@@ -1,0 +1,22 @@
+# The two commands of the README, each doing all the set-up it needs on a fresh machine:
+#   make quickstart   install (if needed) -> the quick start on the embedded corpus -> metrics table
+#   make test         install (if needed) -> the test suite
+# The install step is install.sh --if-needed: it runs only when this interpreter has not been
+# installed yet or install.sh / requirements.txt / setup.py changed (stamp: .install.stamp).
+# PYTHON=/path/to/venv/bin/python make test installs into and runs with another interpreter.
+PYTHON ?= python3
+export PYTHON
+# console scripts (fairseq-train, prepare-dailydialog, ...) of that interpreter come first on PATH
+PYTHON_BIN := $(shell dirname "$$(command -v $(PYTHON))")
+export PATH := $(PYTHON_BIN):$(PATH)
+
+.PHONY: install quickstart test
+
+install:
+	@bash install.sh --if-needed
+
+quickstart: install
+	bash examples/quickstart/run.sh
+
+test: install
+	$(PYTHON) -m pytest -q
