@@ -2,7 +2,7 @@
 #   make quickstart   install (if needed) -> the quick start on the embedded corpus -> metrics table
 #   make test         install (if needed) -> the test suite
 # The install step is install.sh --if-needed: it runs only when this interpreter has not been
-# installed yet or install.sh / requirements.txt / setup.py changed (stamp: .install.stamp).
+# installed yet or install.sh / requirements.txt / setup.py changed (stamps: .install.stamp.*, one per interpreter).
 # PYTHON=/path/to/venv/bin/python make test installs into and runs with another interpreter.
 PYTHON ?= python3
 export PYTHON

@@ -3,20 +3,21 @@
 # Usage: bash install.sh               install (PYTHON=/path/to/python bash install.sh for another interpreter)
 #        bash install.sh --if-needed   the same, skipped when this interpreter was installed from the same
 #                                      install.sh, requirements.txt and setup.py (`make quickstart` / `make test`)
-#        bash install.sh --fingerprint print what the stamp (.install.stamp) records for this interpreter
+#        bash install.sh --fingerprint this interpreter's stamp file (.install.stamp.*) and what it records
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 PIP=("$PY" -m pip install --disable-pip-version-check)
 
-# The stamp: which interpreter was installed from which versions of the three install files.
-STAMP=".install.stamp"
+# The stamp: which interpreter was installed from which versions of the three install files (one
+# stamp per interpreter, so that a virtual environment and the system Python do not undo each other).
+STAMP=".install.stamp.$({ command -v "$PY" || echo "$PY"; } | sha256sum | cut -c1-12)"
 fingerprint() {
   { command -v "$PY" || echo "$PY"; "$PY" -c 'import sys; print(sys.prefix, sys.version)'; \
     cat install.sh requirements.txt setup.py; } | sha256sum | cut -d' ' -f1
 }
 if [ "${1:-}" = "--fingerprint" ]; then
-  fingerprint
+  echo "$STAMP $(fingerprint)"
   exit 0
 elif [ "${1:-}" = "--if-needed" ]; then
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ] \

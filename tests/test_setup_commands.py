@@ -46,7 +46,7 @@ def _install(dest: Path, *args: str) -> subprocess.CompletedProcess:
 def test_fingerprint_follows_the_install_files_and_the_interpreter(tmp_path: Path) -> None:
     _copy_install_files(tmp_path)
     first = _install(tmp_path, "--fingerprint").stdout.strip()
-    assert re.fullmatch(r"[0-9a-f]{64}", first)
+    assert re.fullmatch(r"\.install\.stamp\.[0-9a-f]{12} [0-9a-f]{64}", first)
     assert _install(tmp_path, "--fingerprint").stdout.strip() == first
     for name in INSTALL_FILES:
         path = tmp_path / name
@@ -63,7 +63,8 @@ def test_if_needed_skips_with_a_matching_stamp(tmp_path: Path) -> None:
     """A matching stamp and an interpreter that has the packages: nothing is installed (the
     real install would call pip, which this checks it never reaches)."""
     _copy_install_files(tmp_path)
-    (tmp_path / ".install.stamp").write_text(_install(tmp_path, "--fingerprint").stdout)
+    stamp, fingerprint = _install(tmp_path, "--fingerprint").stdout.split()
+    (tmp_path / stamp).write_text(fingerprint + "\n")
     proc = _install(tmp_path, "--if-needed")
     assert proc.returncode == 0, proc.stderr
     assert "install skipped" in proc.stdout
