@@ -30,7 +30,7 @@ setup(
             "ki-transform-alignments=data_prep.ki.alignment_ablations:cli",
             "ki-train-retriever=data_prep.ki.train_retriever:cli",
             "ki-binarize-alignments=data_prep.ki.binarize:cli",
-            "ki-encode-knowledge=data_prep.ki.index:cli",
+            "ki-encode-knowledge=data_prep.ki.encode_knowledge:cli",
             "ki-mine=data_prep.ki.mine:cli",
             "ki-merge-alignments=data_prep.ki.merge:cli",
             "ki-embedding-pca=analysis.embedding_pca:cli",

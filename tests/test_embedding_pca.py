@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from analysis import embedding_pca as ep
+from analysis.checkpoint_embeddings import embedding_matrix, load_dictionary, load_state_dict, vocab_rows
+from analysis.embedding_geometry import kmeans_clusters, pair_distances, pca_2d
+from analysis.word_vectors import MissingWordsError, embedding_of, wordpiece_split, words_from_sentence
 from informative_dialogue.errors import CorpusError
 
 # rows: 0-3 fairseq specials, then the dictionary file's symbols in order
@@ -48,29 +51,29 @@ def save_ckpt(path: Path, w: torch.Tensor, shared_only: bool = False, share: boo
 
 def test_load_dictionary_fairseq_indexing(dict_file: Path, tmp_path: Path) -> None:
     # what fairseq.data.Dictionary.load(dict_file).indices holds (not imported here: slow)
-    vocab = ep.load_dictionary(dict_file)
+    vocab = load_dictionary(dict_file)
     assert vocab == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "british": 4, "author": 5, "row": 6,
                      "##ling": 7, "book": 8}
-    assert ep.vocab_rows(vocab) == 9
+    assert vocab_rows(vocab) == 9
     over = tmp_path / "over.txt"
     over.write_text("a 1\nb 1\na 2 #fairseq:overwrite\n")
-    assert ep.load_dictionary(over) == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 6, "b": 5}
+    assert load_dictionary(over) == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 6, "b": 5}
     bad = tmp_path / "bad.txt"
     bad.write_text("a 1\nb\n")
     with pytest.raises(CorpusError, match=r"bad.txt:2: expected '<symbol> <count>'"):
-        ep.load_dictionary(bad)
+        load_dictionary(bad)
     dup = tmp_path / "dup.txt"
     dup.write_text("a 1\na 2\n")
     with pytest.raises(CorpusError, match=r"dup.txt:2: duplicate symbol 'a'"):
-        ep.load_dictionary(dup)
+        load_dictionary(dup)
 
 
 def test_wordpiece_split_and_mean(dict_file: Path) -> None:
-    vocab = ep.load_dictionary(dict_file)
-    assert ep.wordpiece_split("british", vocab) == ["british"]
-    assert ep.wordpiece_split("rowling", vocab) == ["row", "##ling"]
-    assert ep.wordpiece_split("zebra", vocab) is None
-    emb = ep.embedding_of(["Rowling", "british", "rowling"], vocab, weights().numpy())
+    vocab = load_dictionary(dict_file)
+    assert wordpiece_split("british", vocab) == ["british"]
+    assert wordpiece_split("rowling", vocab) == ["row", "##ling"]
+    assert wordpiece_split("zebra", vocab) is None
+    emb = embedding_of(["Rowling", "british", "rowling"], vocab, weights().numpy())
     assert emb.words == ["rowling", "british"]  # lower-cased, deduplicated
     assert emb.pieces["rowling"] == ["row", "##ling"]
     np.testing.assert_allclose(emb.vectors[0], [2.0, 1.0, 0.0])  # mean of (1,1,0) and (3,1,0)
@@ -78,18 +81,18 @@ def test_wordpiece_split_and_mean(dict_file: Path) -> None:
 
 
 def test_missing_words(dict_file: Path) -> None:
-    vocab = ep.load_dictionary(dict_file)
-    with pytest.raises(ep.MissingWordsError, match="2 word.*zebra, qq"):
-        ep.embedding_of(["british", "zebra", "qq"], vocab, weights().numpy())
-    emb = ep.embedding_of(["british", "zebra", "author"], vocab, weights().numpy(), skip_missing=True)
+    vocab = load_dictionary(dict_file)
+    with pytest.raises(MissingWordsError, match="2 word.*zebra, qq"):
+        embedding_of(["british", "zebra", "qq"], vocab, weights().numpy())
+    emb = embedding_of(["british", "zebra", "author"], vocab, weights().numpy(), skip_missing=True)
     assert emb.words == ["british", "author"] and emb.missing == ["zebra"]
     assert emb.vectors.shape == (2, 3)
 
 
 def test_pair_distances_hand_computed(dict_file: Path) -> None:
-    vocab = ep.load_dictionary(dict_file)
-    emb = ep.embedding_of(["rowling", "british", "author", "book"], vocab, weights().numpy())
-    d = {r["pair"]: r for r in ep.pair_distances(emb.words, emb.vectors, [("rowling", "british"), ("author", "book")])}
+    vocab = load_dictionary(dict_file)
+    emb = embedding_of(["rowling", "british", "author", "book"], vocab, weights().numpy())
+    d = {r["pair"]: r for r in pair_distances(emb.words, emb.vectors, [("rowling", "british"), ("author", "book")])}
     # (2,1,0) - (3,0,0) = (-1,1,0)
     assert d["rowling:british"]["euclidean"] == pytest.approx(math.sqrt(2))
     # unit vectors with cos = 2/sqrt(5): sqrt(2 - 2 cos)
@@ -97,41 +100,41 @@ def test_pair_distances_hand_computed(dict_file: Path) -> None:
     assert d["author:book"]["euclidean"] == pytest.approx(math.sqrt(20))
     assert d["author:book"]["euclidean_normalised"] == pytest.approx(math.sqrt(2))  # orthogonal
     with pytest.raises(KeyError, match="zebra"):
-        ep.pair_distances(emb.words, emb.vectors, [("rowling", "zebra")])
+        pair_distances(emb.words, emb.vectors, [("rowling", "zebra")])
 
 
 def test_pca_of_three_points_keeps_distances(dict_file: Path) -> None:
     # three points span a plane, so 2-D PCA is an isometry of them
-    vocab = ep.load_dictionary(dict_file)
-    emb = ep.embedding_of(["rowling", "british", "book"], vocab, weights().numpy())
-    coords, explained = ep.pca_2d(emb.vectors)
+    vocab = load_dictionary(dict_file)
+    emb = embedding_of(["rowling", "british", "book"], vocab, weights().numpy())
+    coords, explained = pca_2d(emb.vectors)
     assert coords.shape == (3, 2) and explained.sum() == pytest.approx(1.0)
-    recs = ep.pair_distances(emb.words, emb.vectors, [("rowling", "british"), ("british", "book")], coords)
+    recs = pair_distances(emb.words, emb.vectors, [("rowling", "british"), ("british", "book")], coords)
     for r in recs:
         assert r["pca_2d"] == pytest.approx(r["euclidean"])
-    labels = ep.kmeans_clusters(coords, 2, seed=1)
+    labels = kmeans_clusters(coords, 2, seed=1)
     assert sorted(set(labels.tolist())) == [0, 1]
     with pytest.raises(ValueError, match="at least 2"):
-        ep.pca_2d(emb.vectors[:1])
+        pca_2d(emb.vectors[:1])
 
 
 def test_embedding_matrix_keys(tmp_path: Path) -> None:
     w = weights()
-    state, cfg = ep.load_state_dict(save_ckpt(tmp_path / "a.pt", w))
-    np.testing.assert_allclose(ep.embedding_matrix(state, cfg), w.numpy())
+    state, cfg = load_state_dict(save_ckpt(tmp_path / "a.pt", w))
+    np.testing.assert_allclose(embedding_matrix(state, cfg), w.numpy())
     # shared embeddings saved under the decoder's key only
-    state, cfg = ep.load_state_dict(save_ckpt(tmp_path / "b.pt", w, shared_only=True))
-    np.testing.assert_allclose(ep.embedding_matrix(state, cfg), w.numpy())
-    state, cfg = ep.load_state_dict(save_ckpt(tmp_path / "c.pt", w, shared_only=True, share=False))
+    state, cfg = load_state_dict(save_ckpt(tmp_path / "b.pt", w, shared_only=True))
+    np.testing.assert_allclose(embedding_matrix(state, cfg), w.numpy())
+    state, cfg = load_state_dict(save_ckpt(tmp_path / "c.pt", w, shared_only=True, share=False))
     with pytest.raises(KeyError, match="decoder.embed_tokens.weight"):
-        ep.embedding_matrix(state, cfg)
+        embedding_matrix(state, cfg)
 
 
 def test_words_from_sentence() -> None:
     s = "J.K. Rowling is a British author and philanthropist."
-    assert ep.words_from_sentence(s) == ["j", "k", "rowling", "is", "a", "british", "author", "and", "philanthropist"]
-    assert ep.words_from_sentence(s, {"is", "A", "and"}) == ["j", "k", "rowling", "british", "author",
-                                                               "philanthropist"]
+    assert words_from_sentence(s) == ["j", "k", "rowling", "is", "a", "british", "author", "and", "philanthropist"]
+    assert words_from_sentence(s, {"is", "A", "and"}) == ["j", "k", "rowling", "british", "author",
+                                                            "philanthropist"]
     assert ep.parse_pairs(["rowling:british"]) == [("rowling", "british")]
     with pytest.raises(ValueError, match="WORD:WORD"):
         ep.parse_pairs(["rowling"])
@@ -171,9 +174,9 @@ def test_cli_errors(dict_file: Path, tmp_path: Path) -> None:
 
 
 def test_custom_split(dict_file: Path) -> None:
-    vocab = ep.load_dictionary(dict_file)
+    vocab = load_dictionary(dict_file)
     pieces = {"rowling": ["row", "##ling"], "bookish": ["book", "##ish"]}  # ##ish not in the dictionary
-    emb = ep.embedding_of(["rowling", "bookish", "author"], vocab, weights().numpy(), skip_missing=True,
-                          split=lambda w: [w] if w in vocab else pieces.get(w))
+    emb = embedding_of(["rowling", "bookish", "author"], vocab, weights().numpy(), skip_missing=True,
+                       split=lambda w: [w] if w in vocab else pieces.get(w))
     assert emb.words == ["rowling", "author"] and emb.missing == ["bookish"]
     np.testing.assert_allclose(emb.vectors[0], [2.0, 1.0, 0.0])

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 
 from informative_dialogue.ki.alignment_text import read_alignments
-from data_prep.ki.index import (
-    build_faiss_index,
-    check_index_matches,
-    default_nlist,
-    load_index,
-    read_meta,
-    resolve_index_type,
-    write_index_dir,
-)
+from data_prep.ki.faiss_index import build_faiss_index, default_nlist, resolve_index_type
+from data_prep.ki.index import check_index_matches, load_index, read_meta
+from data_prep.ki.index_writer import write_index_dir
 from data_prep.ki.merge import diversity_stats, main as merge_main, merge_shards
 from data_prep.ki.miner import LineCache, Miner, MiningOptions, faiss_search_fn, mine_chunk
 from data_prep.ki.matching import build_title_matcher, exact_match_ids, normalize_phrase
@@ -301,7 +295,7 @@ def test_cli_end_to_end_with_tiny_bert(tmp_path, source, tiny_bert):
     items.append(kb_mod.KnowledgeItem("wordnet", "banana", "banana: an elongated fruit"))
     kb_mod.write_knowledge_base(tmp_path / "kb", items)
     common = ["--knowledge-base", str(tmp_path / "kb"), "--retriever", str(tmp_path / "retriever")]
-    from data_prep.ki import index as ki_index
+    from data_prep.ki import encode_knowledge as ki_index
     from data_prep.ki import mine as ki_mine
 
     ki_index.main(common + ["--out", str(tmp_path / "idx"), "--gpu", "no", "--device", "cpu", "--no-progress"])

@@ -12,17 +12,17 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from informative_dialogue.errors import CorpusError
-from data_prep.ki.retriever import TokenKnowledgeRetriever, truncate_ids  # noqa: E402
-from data_prep.ki.train_retriever import (  # noqa: E402
+from data_prep.ki.retriever import TokenKnowledgeRetriever  # noqa: E402
+from data_prep.ki.retriever_data import prepare_sentences, read_sentences  # noqa: E402
+from data_prep.ki.retriever_inputs import truncate_ids  # noqa: E402
+from data_prep.ki.retriever_training import (  # noqa: E402
     TrainConfig,
     batch_scores,
     hinge_loss,
-    main,
-    prepare_sentences,
-    read_sentences,
     train_retriever,
     validation_accuracy,
 )
+from data_prep.ki.train_retriever import main  # noqa: E402
 
 TOY = [
     "The cat is a small domesticated carnivorous mammal.",

@@ -13,8 +13,9 @@ from informative_dialogue.errors import CorpusError
 from informative_dialogue.kid.trie_files import load_jsonl
 from data_prep.kid.build_trie import main as build_trie_main
 from data_prep.kid.collection import Passage, load_collection, split_words
-from data_prep.kid.retrieve import BM25Retriever, RandomRetriever, clean_context, retrieve
+from data_prep.kid.retrieve import clean_context, retrieve
 from data_prep.kid.retrieve import main as retrieve_main
+from data_prep.kid.sparse_retrievers import BM25Retriever, RandomRetriever
 from data_prep.kid.triples import extract_triples, extract_triples_batch, load_spacy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def test_sparse_and_dense_rank_relevant_first(tmp_path: Path) -> None:
     assert [hits[0][0] for hits in sparse] == [gold for _, gold in QUERIES]
     assert all(s > 0 for hits in sparse for _, s in hits)
 
-    from data_prep.kid.retrieve import DenseEncoder, DenseRetriever
+    from data_prep.kid.dense_retriever import DenseEncoder, DenseRetriever
 
     encoder = DenseEncoder(max_length=128, device="cpu")
     dense_r = DenseRetriever(COLLECTION, encoder, cache_dir=str(tmp_path), batch_size=8)

