@@ -31,11 +31,19 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
+from informative_dialogue.kid.options import add_kid_arguments
+
 logger = logging.getLogger("kid_decoding_speed")
+KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "mode", "entity", "subwords")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module doc as written, and every option's default."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command-line options (``--help``)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="fairseq checkpoint (knowledge_dialog task)")
     p.add_argument("--data-bin", required=True, help="fairseq data-bin directory of the checkpoint")
     p.add_argument("--trie", required=True, help="KID trie JSONL, line i = example i of --subset")
@@ -48,8 +56,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-len-b", type=int, default=40)
     p.add_argument("--sampling-topk", type=int, default=-1)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--kid-steps", type=int, default=3)
-    p.add_argument("--kid-hops", type=int, default=4)
+    add_kid_arguments(p, names=KID_FLAGS)  # --kid-steps, --kid-hops, ...: KIDOptions' defaults
     p.add_argument("--trie-sizes", type=int, nargs="*", default=[10, 100, 1000],
                    help="target keys per example trie for the scaling run (empty: skip)")
     p.add_argument("--threads", type=int, default=2)
@@ -131,7 +138,7 @@ def timed_passes(gen: Any, models: List[Any], batches: List[Dict[str, Any]], see
 def instrumented_pass(gen: Any, models: List[Any], batches: List[Dict[str, Any]], seed: int) -> Dict[str, Any]:
     """KID pass with timers on its parts; percentages of the pass' wall time."""
     from fairseq.sequence_generator import EnsembleModel
-    from informative_dialogue.kid import memory as entity_memory
+    from informative_dialogue.kid import memory as memory_module
     from informative_dialogue.kid.memory import EntityMemory, KIDCore
 
     timers = Timers()
@@ -140,7 +147,7 @@ def instrumented_pass(gen: Any, models: List[Any], batches: List[Dict[str, Any]]
         (EnsembleModel, "forward_encoder", "model forward (encoder)"),
         (KIDCore, "observe", "memory observe (entity test)"),
         (KIDCore, "demo_mask", "trie query / demonstrations"),
-        (entity_memory, "kid_policy_update", "policy update"),
+        (memory_module, "kid_policy_update", "policy update"),
         (EntityMemory, "reorder", "memory reorder"),
         (KIDCore, "new_memory", "memory init"),
     ]
@@ -193,7 +200,7 @@ def build_generators(args: argparse.Namespace, models: List[Any], task: Any, tri
     tgt = task.target_dictionary
     common = dict(beam_size=1, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
     plain = SequenceGenerator(models, tgt, search_strategy=search.Sampling(tgt, args.sampling_topk), **common)
-    cfg = KIDConfig(kid=True, kid_trie=args.trie, kid_steps=args.kid_steps, kid_hops=args.kid_hops)
+    cfg = KIDConfig(kid=True, kid_trie=args.trie, **{f"kid_{name}": getattr(args, f"kid_{name}") for name in KID_FLAGS})
     core = build_kid_core(cfg, tgt)
     if tries is not None:
         core = KIDCore(tries, core.mapper, core.options)

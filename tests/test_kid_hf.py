@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from informative_dialogue.kid.memory import EntityMemory, KIDOptions
+from informative_dialogue.kid.memory import EntityMemory
+from informative_dialogue.kid.options import KIDOptions
 from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
 from informative_dialogue.kid.trie_files import TrieExample
 from informative_dialogue.kid.token_mapping import TokenMapper
@@ -59,7 +60,10 @@ def test_steps_0_and_empty_tries_equal_plain(model, norm: WordNormalizer) -> Non
         rows = kw.get("num_beams", 1)
         assert torch.equal(gen(model, KIDLogitsProcessor(tries(norm), mapper(), rows_per_input=rows, steps=0), **kw), plain)
         empty = [KnowledgeTrie({}, normalizer=norm)] * 3
-        assert torch.equal(gen(model, KIDLogitsProcessor(empty, mapper(), rows_per_input=rows), **kw), plain)
+        assert torch.equal(gen(model, KIDLogitsProcessor(empty, mapper(), rows_per_input=rows, allow_empty_tries=True),
+                               **kw), plain)
+        with pytest.raises(ValueError, match="no knowledge.*--kid-allow-empty-tries"):  # only when asked for
+            KIDLogitsProcessor(empty, mapper(), rows_per_input=rows)
 
 
 def test_call_reweights_rows_with_knowledge_only(norm: WordNormalizer) -> None:
@@ -82,10 +86,16 @@ def test_options_object_replaces_the_keyword_hyper_parameters(norm: WordNormaliz
     torch.manual_seed(1)
     scores = torch.randn(3, len(VOCAB))
     by_keywords = KIDLogitsProcessor(tries(norm), mapper(), hops=2, lr=0.5, sigma=0.05, steps=2)(prompts(), scores)
-    by_options = KIDLogitsProcessor(tries(norm), mapper(), hops=4, lr=0.1,  # ignored: options wins
+    by_options = KIDLogitsProcessor(tries(norm), mapper(),
                                     options=KIDOptions(hops=2, lr=0.5, sigma=0.05, steps=2))(prompts(), scores)
     assert torch.equal(by_keywords, by_options)
     assert not torch.equal(by_options, KIDLogitsProcessor(tries(norm), mapper())(prompts(), scores))
+    # both at once is an error, not a silent choice (even when the keyword equals the default)
+    for kw in (dict(hops=4), dict(lr=0.1, sigma=0.02)):
+        with pytest.raises(ValueError, match="not both"):
+            KIDLogitsProcessor(tries(norm), mapper(), options=KIDOptions(hops=2), **kw)
+    with pytest.raises(TypeError):
+        KIDLogitsProcessor(tries(norm), mapper(), window=3)  # the memory is called memory
 
 
 def test_generate_beam_and_sampling_memory_follows_rows(model, norm: WordNormalizer) -> None:

@@ -1,4 +1,4 @@
-"""KID local memory (entity_memory.py): FIFO, subword-aware updates, reordering, batched demos."""
+"""KID local memory (memory.py): FIFO, subword-aware updates, reordering, batched demos."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from informative_dialogue.kid.memory import EntityMemory, KIDCore, KIDOptions, push_fifo
+from informative_dialogue.kid.memory import EntityMemory, KIDCore, push_fifo
+from informative_dialogue.kid.options import KIDOptions
 from informative_dialogue.kid.trie import WordNormalizer
 from informative_dialogue.kid.trie_files import TrieStore
 from informative_dialogue.kid.token_mapping import TokenMapper
@@ -22,7 +23,7 @@ ID = {s: i for i, s in enumerate(VOCAB)}
 def core() -> KIDCore:
     store = TrieStore(TOY, normalizer=WordNormalizer())
     mapper = TokenMapper(VOCAB, special_ids=range(4))
-    return KIDCore(store, mapper, KIDOptions(hops=1, window=2))
+    return KIDCore(store, mapper, KIDOptions(hops=1, memory=2))
 
 
 def test_push_fifo_order_and_window() -> None:
@@ -57,7 +58,7 @@ def test_memory_updates_on_completed_entity_words_only(core: KIDCore) -> None:
 def test_content_rule_and_initial_entities_from_source() -> None:
     store = TrieStore(TOY, normalizer=WordNormalizer())
     mapper = TokenMapper(VOCAB, special_ids=range(4))
-    c = KIDCore(store, mapper, KIDOptions(hops=1, window=3, entity="content"))
+    c = KIDCore(store, mapper, KIDOptions(hops=1, memory=3, entity="content"))
     assert c.entity_key(0, "road") == "road" and c.entity_key(0, "the") is None
     # line 1 has "entities": null -> entity words of the source
     k = KIDCore(store, mapper, KIDOptions(hops=1))
@@ -110,7 +111,7 @@ def test_little_kid_uses_flat_list_without_memory() -> None:
 
 
 def test_options_validation() -> None:
-    for bad in [dict(hops=0), dict(steps=-1), dict(lr=0), dict(mode="x"), dict(entity="y"), dict(window=0)]:
+    for bad in [dict(hops=0), dict(steps=-1), dict(lr=0), dict(mode="x"), dict(entity="y"), dict(memory=0)]:
         with pytest.raises(ValueError):
             KIDOptions(**bad)
-    assert KIDOptions(hops=3).memory_window == 3
+    assert KIDOptions(hops=3).memory == 3

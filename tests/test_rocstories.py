@@ -167,6 +167,12 @@ def ge():
     return load_generate_endings()
 
 
+@pytest.fixture(scope="module")
+def dec(ge):
+    """examples/rocstories/endings_decoding.py, the module generate_endings.py imports."""
+    return sys.modules["endings_decoding"]
+
+
 KNOWLEDGE = {"car": ["engine", "road trip"], "engin": ["piston", "fuel"], "dog": ["loyal pet", "bark"]}
 
 
@@ -208,19 +214,19 @@ def story_files(tmp_path_factory) -> dict:
     return {"src": str(d / "val.src"), "tgt": str(d / "val.tgt"), "tries": str(d / "trie.jsonl")}
 
 
-def test_method_names_sentences_and_stop_tokens(ge, tiny_lm: str) -> None:
+def test_method_names_sentences_and_stop_tokens(ge, dec, tiny_lm: str) -> None:
     assert ge.Method.parse("kid_sample") == ge.Method("kid_sample", "kid", "sample")
     assert ge.Method.parse("beam") == ge.Method("beam", "none", "beam")
     assert ge.Method.parse("little_greedy").knowledge == "little"
     for bad in ("kid", "big_greedy", "kid_beam_x", "nucleus"):
         with pytest.raises(ValueError):
             ge.Method.parse(bad)
-    assert ge.first_sentence('\n  He was happy.  Then he left.') == "He was happy."
-    assert ge.first_sentence('"We won!" she said.') == '"We won!"'  # as the stop tokens cut it
-    assert ge.first_sentence("She smiled!\" And then") == "She smiled!\""
-    assert ge.first_sentence("no end at all") == "no end at all"
-    assert ge.first_sentence("Line one\nLine two.") == "Line one"
-    assert ge.first_sentence(" \n ") == ""
+    assert dec.first_sentence('\n  He was happy.  Then he left.') == "He was happy."
+    assert dec.first_sentence('"We won!" she said.') == '"We won!"'  # as the stop tokens cut it
+    assert dec.first_sentence("She smiled!\" And then") == "She smiled!\""
+    assert dec.first_sentence("no end at all") == "no end at all"
+    assert dec.first_sentence("Line one\nLine two.") == "Line one"
+    assert dec.first_sentence(" \n ") == ""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_lm)
@@ -279,6 +285,51 @@ def test_generate_endings_chat_prompt_and_errors(ge, tiny_lm: str, story_files: 
         short.write_text("".join(Path(story_files["tries"]).read_text().splitlines(keepends=True)[:2]))
         ge.main(["--source", story_files["src"], "--tries", str(short), "--model", tiny_lm,
                  "--methods", "kid_greedy", "--output-dir", str(tmp_path / "x")])
+
+
+def test_generate_endings_rejects_bad_kid_values_and_knowledge_free_tries(ge, tiny_lm: str, story_files: dict,
+                                                                          tmp_path: Path, capsys) -> None:
+    """Checked before the model is loaded (--model points nowhere here)."""
+    common = ["--source", story_files["src"], "--model", str(tmp_path / "no_model"), "--methods", "kid_greedy",
+              "--output-dir", str(tmp_path / "x")]
+    for flag, value in (("--kid-lr", "nan"), ("--kid-sigma", "inf"), ("--kid-beta", "-inf"), ("--kid-lr", "0")):
+        with pytest.raises(SystemExit) as e:
+            ge.main(common + ["--tries", story_files["tries"], f"{flag}={value}"])
+        assert e.value.code == 2 and f"{flag} / {flag[6:]} must be a finite number > 0" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("".join(f'{{"id": {i}, "trie": {{}}}}\n' for i in range(3)))
+    with pytest.raises(SystemExit, match="no knowledge.*--kid-allow-empty-tries"):
+        ge.main(common + ["--tries", str(empty)])
+    # allowed: plain decoding, identical to greedy
+    out = tmp_path / "allowed"
+    ge.main(["--source", story_files["src"], "--model", tiny_lm, "--methods", "greedy,kid_greedy", "--tries",
+             str(empty), "--kid-allow-empty-tries", "--max-new-tokens", "4", "--output-dir", str(out)])
+    assert (out / "kid_greedy.hyp").read_text() == (out / "greedy.hyp").read_text()
+
+
+def test_kid_flags_reach_the_processor(ge, dec, tiny_lm: str, story_files: dict) -> None:
+    from transformers import AutoTokenizer
+
+    from informative_dialogue.kid.options import KIDOptions
+    from informative_dialogue.kid.token_mapping import TokenMapper
+    from informative_dialogue.kid.trie_files import load_jsonl
+
+    flags = ["--kid-hops", "2", "--kid-memory", "3", "--kid-steps", "1", "--kid-lr", "0.7", "--kid-sigma", "0.3",
+             "--kid-beta", "2.5", "--kid-entity", "content", "--kid-subwords", "all"]
+    args = ge.build_parser().parse_args(["--source", "s", "--output-dir", "o", *flags])
+    from informative_dialogue.kid.options import options_from_args
+
+    want = KIDOptions(hops=2, memory=3, steps=1, lr=0.7, sigma=0.3, beta=2.5, entity="content", subwords="all")
+    assert options_from_args(args) == want
+    assert ge.build_parser().parse_args(["--source", "s", "--output-dir", "o"]).kid_lr == KIDOptions.lr
+    mapper = TokenMapper.from_hf_tokenizer(AutoTokenizer.from_pretrained(tiny_lm), subwords="all")
+    tries = load_jsonl(story_files["tries"])[2:]  # the story with an empty trie: one batch of it is allowed
+    cfg = dec.DecodeConfig(kid=want)
+    (proc,) = dec.logits_processors(dec.Method.parse("little_greedy"), tries, mapper, cfg)
+    opts = proc.options
+    assert (opts.hops, opts.memory, opts.steps, opts.lr, opts.sigma, opts.beta, opts.entity, opts.subwords) == (
+        2, 3, 1, 0.7, 0.3, 2.5, "content", "all")
+    assert opts.mode == "little" and opts.allow_empty_tries and proc.core.mapper.subwords == "all"
 
 
 def test_smollm2_location_reports_a_missing_package(ge, monkeypatch) -> None:

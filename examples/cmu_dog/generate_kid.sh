@@ -20,8 +20,8 @@ CMU_DOG="${CMU_DOG:-$SHARED_DATA/cmu_dog.tar.gz}"
 WIKI_SUMMARIES="${WIKI_SUMMARIES:-$SHARED_DATA/wiki_summaries/summaries_en.json.gz}"
 RETRIEVER="${RETRIEVER:-dense}"                   # dense | sparse | random
 TOP_K="${TOP_K:-5}"                               # passages per context
-HOPS="${HOPS:-4}"                                 # trie query hops
-KID_STEPS="${KID_STEPS:-3}"                       # policy-gradient steps per token (0 = plain sampling)
+HOPS="${HOPS:-}"                                  # trie query hops (unset: the default, see common/generate_kid.sh)
+KID_STEPS="${KID_STEPS:-}"                        # policy-gradient steps per token (0 = plain sampling; unset: the default)
 SEED="${SEED:-1}"
 SUBSET="${SUBSET:-test}"
 KNOWLEDGE="${KNOWLEDGE-$WORK/tok/$SUBSET.knowledge}"   # grounding section, one line per test example

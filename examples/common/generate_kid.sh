@@ -25,9 +25,9 @@
 #              -> OUT_DIR/SUBSET.<output name>.metrics.json, and one markdown table METRICS_MD
 #              (rebuilt by every run; APPEND_MD=1 adds rows instead)
 # Ablations. TAG = [COLLECTION_NAME.]RETRIEVER.kTOP_K names the retrieval and trie files,
-# KID_NAME = kid.TAG.hHOPS and LITTLE_NAME = little.TAG the decoder outputs, so the paper's
-# ablations (§4.3: retriever, Table 3; hops, Fig. 2b; documents, Fig. 2a) are loops that keep
-# every output, e.g. on WoW:
+# KID_NAME = kid.TAG.hHOPS (HOPS unset: the default hops) and LITTLE_NAME = little.TAG the decoder
+# outputs, so the paper's ablations (§4.3: retriever, Table 3; hops, Fig. 2b; documents, Fig. 2a)
+# are loops that keep every output, e.g. on WoW:
 #   for r in dense sparse random; do
 #     RETRIEVER=$r DECODERS="kid little" APPEND_MD=1 METRICS_MD=work/wow_mini/retrievers.md \
 #       bash examples/wow/generate_kid.sh
@@ -75,14 +75,17 @@ BEAM="${BEAM:-5}"
 LENPEN="${LENPEN:-1.0}"
 BATCH_SIZE="${BATCH_SIZE:-64}"
 MAX_LEN_B="${MAX_LEN_B:-50}"                      # responses are at most MAX_LEN_B tokens
-HOPS="${HOPS:-4}"                                 # h_max (paper: 4)
-KID_STEPS="${KID_STEPS:-3}"                       # K Adam steps per token (paper: 3; 0 = plain decoding)
-KID_LR="${KID_LR:-0.1}"
-KID_SIGMA="${KID_SIGMA:-0.02}"                    # target KL (paper: 0.02)
-KID_SUBWORDS="${KID_SUBWORDS:-first}"             # first | all subwords of each knowledge word rewarded
-KID_MEMORY="${KID_MEMORY:-}"                      # w_max (default: HOPS)
-KID_ARGS="${KID_ARGS:-}"                          # e.g. --kid-entity content --kid-beta 1
-KID_NAME="${KID_NAME:-kid.$KNOWLEDGE_TAG.h$HOPS}"
+# KID: each variable below becomes its --kid-* flag only when set; unset, fairseq-generate takes the
+# default of informative_dialogue/kid/options.py (KIDOptions: the paper's settings)
+HOPS="${HOPS:-}"                                  # --kid-hops: h_max
+KID_STEPS="${KID_STEPS:-}"                        # --kid-steps: K Adam steps per token (0 = plain decoding)
+KID_LR="${KID_LR:-}"                              # --kid-lr: Adam step size
+KID_SIGMA="${KID_SIGMA:-}"                        # --kid-sigma: target KL
+KID_SUBWORDS="${KID_SUBWORDS:-}"                  # --kid-subwords: first | all subwords of each knowledge word
+KID_MEMORY="${KID_MEMORY:-}"                      # --kid-memory: w_max (unset: the hops)
+KID_ARGS="${KID_ARGS:-}"                          # more, e.g. --kid-entity content --kid-beta 2 --kid-allow-empty-tries
+HOPS_NAME="${HOPS:-$(python3 -m informative_dialogue.kid.options hops)}"   # the hops as file names show them
+KID_NAME="${KID_NAME:-kid.$KNOWLEDGE_TAG.h$HOPS_NAME}"
 LITTLE_NAME="${LITTLE_NAME:-little.$KNOWLEDGE_TAG}"
 OUT_DIR="${OUT_DIR:-$(dirname "$CHECKPOINT")/gen_kid}"
 # --- evaluation -----------------------------------------------------------------------------
@@ -92,7 +95,7 @@ KNOWLEDGE="${KNOWLEDGE-$TOK_DIR/$SUBSET.knowledge}" # grounding text per example
 KNOWLEDGE_SEPARATOR="${KNOWLEDGE_SEPARATOR-__knowledge__}"  # dropped from KNOWLEDGE before kF1 (empty: nothing dropped)
 METRICS="${METRICS:-kf1,f1,rougeL,bleu1,dist2,avg_len}"
 NAME="${NAME:-$(basename "$(dirname "$CHECKPOINT")")}"
-METRICS_MD="${METRICS_MD:-$OUT_DIR/metrics.$KNOWLEDGE_TAG.h$HOPS.md}"
+METRICS_MD="${METRICS_MD:-$OUT_DIR/metrics.$KNOWLEDGE_TAG.h$HOPS_NAME.md}"
 APPEND_MD="${APPEND_MD:-0}"
 STAGES="${STAGES:-retrieve trie decode evaluate}"
 # -------------------------------------------------------------------------------------------
@@ -150,8 +153,9 @@ if has_stage decode; then
   mkdir -p "$OUT_DIR"
   sampling=(--sampling --beam 1 --nbest 1 --seed "$SEED" --sampling-topp "$SAMPLING_TOPP" --sampling-topk "$SAMPLING_TOPK")
   # shellcheck disable=SC2206
-  kid=(--kid --kid-trie "$TRIE" --kid-hops "$HOPS" --kid-steps "$KID_STEPS" --kid-lr "$KID_LR"
-       --kid-sigma "$KID_SIGMA" --kid-subwords "$KID_SUBWORDS" ${KID_MEMORY:+--kid-memory "$KID_MEMORY"} $KID_ARGS)
+  kid=(--kid --kid-trie "$TRIE" ${HOPS:+--kid-hops "$HOPS"} ${KID_STEPS:+--kid-steps "$KID_STEPS"}
+       ${KID_LR:+--kid-lr "$KID_LR"} ${KID_SIGMA:+--kid-sigma "$KID_SIGMA"} ${KID_SUBWORDS:+--kid-subwords "$KID_SUBWORDS"}
+       ${KID_MEMORY:+--kid-memory "$KID_MEMORY"} $KID_ARGS)
   for decoder in $DECODERS; do
     case "$decoder" in
       sample) search=("${sampling[@]}") ;;

@@ -29,8 +29,8 @@ DPR_PASSAGES="${DPR_PASSAGES:-$ROOT/work/downloads/psgs_w100.tsv.gz}"
 DPR_PASSAGES_URL="${DPR_PASSAGES_URL:-https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz}"
 RETRIEVER="${RETRIEVER:-dense}"                   # dense | sparse | random
 TOP_K="${TOP_K:-5}"                               # passages per context
-HOPS="${HOPS:-4}"                                 # trie query hops
-KID_STEPS="${KID_STEPS:-3}"                       # policy-gradient steps per token (0 = plain sampling)
+HOPS="${HOPS:-}"                                  # trie query hops (unset: the default, see common/generate_kid.sh)
+KID_STEPS="${KID_STEPS:-}"                        # policy-gradient steps per token (0 = plain sampling; unset: the default)
 SEED="${SEED:-1}"
 SUBSET="${SUBSET:-test}"
 KNOWLEDGE="${KNOWLEDGE-$WORK/tok/$SUBSET.knowledge}"   # knowledge sentences, one line per test example

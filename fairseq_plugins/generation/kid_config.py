@@ -8,6 +8,12 @@ A task config gets the flags by inheriting the mixin::
 They then reach fairseq-generate and fairseq-interactive (``--kid --kid-trie FILE ...``);
 the task's ``build_generator`` (see :class:`~fairseq_plugins.generation.kid_generator.KIDTaskMixin`)
 turns them into a :class:`~fairseq_plugins.generation.kid_generator.KIDSequenceGenerator`.
+
+Flag ``--kid-NAME`` (field ``kid_NAME``) is option ``NAME`` of
+:class:`~informative_dialogue.kid.options.KIDOptions`, whose default and help text it takes
+(``fairseq_plugins.generation.kid_generator.kid_options`` reads them back); the other flags
+(``--kid``, ``--kid-trie``, ``--kid-shared-trie``, ``--kid-vocab-scheme``,
+``--kid-gpt2-encoder-json``) say where the knowledge and the vocabulary come from.
 """
 # no ``from __future__ import annotations``: fairseq reads the field types at run time
 from dataclasses import dataclass, field
@@ -15,10 +21,13 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-KID_MODE_CHOICES = ChoiceEnum(["kid", "little"])
-KID_SUBWORD_CHOICES = ChoiceEnum(["first", "all"])
-KID_ENTITY_CHOICES = ChoiceEnum(["key", "content"])
-KID_SCHEME_CHOICES = ChoiceEnum(["auto", "wordpiece", "sentencepiece", "gpt2", "subword_nmt", "word"])
+from informative_dialogue.kid.options import CHOICES, HELP, KIDOptions
+from informative_dialogue.kid.token_mapping import SCHEMES
+
+KID_MODE_CHOICES = ChoiceEnum(list(CHOICES["mode"]))
+KID_SUBWORD_CHOICES = ChoiceEnum(list(CHOICES["subwords"]))
+KID_ENTITY_CHOICES = ChoiceEnum(list(CHOICES["entity"]))
+KID_SCHEME_CHOICES = ChoiceEnum(list(SCHEMES))
 
 
 @dataclass
@@ -33,7 +42,8 @@ class KIDConfig(FairseqDataclass):
         default=None,
         metadata={
             "help": "knowledge trie JSONL file, line i = example i of the generation subset "
-            "(format: informative_dialogue/kid/trie_files.py)"
+            "(format: informative_dialogue/kid/trie_files.py); its line count must equal the size of "
+            "--gen-subset"
         },
     )
     kid_shared_trie: bool = field(
@@ -43,39 +53,26 @@ class KIDConfig(FairseqDataclass):
             "the input's words (fairseq-interactive, whose ids restart in every batch)"
         },
     )
+    # --- the KIDOptions fields, defaults and help from informative_dialogue/kid/options.py -----
     kid_mode: KID_MODE_CHOICES = field(  # type: ignore[valid-type]
-        default="kid",
-        metadata={
-            "help": "kid: local memory + multi-hop trie query at every step; little: Little "
-            "KID, every end node of the example's trie as a fixed demonstration list"
-        },
+        default=KIDOptions.mode, metadata={"help": HELP["mode"]}
     )
-    kid_hops: int = field(default=4, metadata={"help": "h_max, hops of the trie query"})
-    kid_memory: Optional[int] = field(
-        default=None,
-        metadata={"help": "w_max, length of the FIFO entity memory (default: --kid-hops)"},
-    )
-    kid_steps: int = field(
-        default=3,
-        metadata={"help": "K, Adam steps of the policy update per decoding step (0: plain decoding)"},
-    )
-    kid_lr: float = field(default=0.1, metadata={"help": "Adam step size of the policy update"})
-    kid_sigma: float = field(
-        default=0.02,
-        metadata={"help": "target KL(pi || pi*) of the adaptive KL weight beta"},
-    )
-    kid_beta: float = field(default=1.0, metadata={"help": "initial KL weight beta"})
+    kid_hops: int = field(default=KIDOptions.hops, metadata={"help": HELP["hops"]})
+    kid_memory: Optional[int] = field(default=KIDOptions.memory, metadata={"help": HELP["memory"]})
+    kid_steps: int = field(default=KIDOptions.steps, metadata={"help": HELP["steps"]})
+    kid_lr: float = field(default=KIDOptions.lr, metadata={"help": HELP["lr"]})
+    kid_sigma: float = field(default=KIDOptions.sigma, metadata={"help": HELP["sigma"]})
+    kid_beta: float = field(default=KIDOptions.beta, metadata={"help": HELP["beta"]})
     kid_subwords: KID_SUBWORD_CHOICES = field(  # type: ignore[valid-type]
-        default="first",
-        metadata={"help": "reward the first subword of each knowledge word, or all its subwords"},
+        default=KIDOptions.subwords, metadata={"help": HELP["subwords"]}
     )
     kid_entity: KID_ENTITY_CHOICES = field(  # type: ignore[valid-type]
-        default="key",
-        metadata={
-            "help": "generated words that enter the memory: key (content words whose stem is a "
-            "key of the example's trie) or content (every non-stop-word)"
-        },
+        default=KIDOptions.entity, metadata={"help": HELP["entity"]}
     )
+    kid_allow_empty_tries: bool = field(
+        default=KIDOptions.allow_empty_tries, metadata={"help": HELP["allow_empty_tries"]}
+    )
+    # --- the target vocabulary -------------------------------------------------------------
     kid_vocab_scheme: KID_SCHEME_CHOICES = field(  # type: ignore[valid-type]
         default="auto",
         metadata={"help": "subword scheme of the target dictionary (auto: detect from its symbols)"},

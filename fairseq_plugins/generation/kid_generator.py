@@ -14,27 +14,34 @@ Per-example knowledge: ``sample["id"]`` (the dataset index of each input) select
 the trie file. fairseq-interactive numbers inputs from 0 in every buffer, so there use
 ``--kid-shared-trie`` (line 0 for every input, memory initialised from the input's words).
 
-Plain decoding (bit-identical search inputs) when ``--kid-steps 0`` or when the trie file holds
-no knowledge (one warning when the file is loaded). Rows whose example has an empty trie, or
-whose memory reaches no knowledge, keep the model's distribution exactly.
+Plain decoding (bit-identical search inputs) when ``--kid-steps 0``. Rows whose example has an
+empty trie, or whose memory reaches no knowledge, keep the model's distribution exactly.
+
+Checked before decoding starts: the KID options (a NaN, infinite or non-positive ``--kid-lr``,
+``--kid-sigma`` or ``--kid-beta`` is an error naming the flag, already when the task is set up);
+a trie file whose tries are all empty is an error unless ``--kid-allow-empty-tries`` (then plain
+decoding with one warning); and, when the task has loaded exactly one dataset (fairseq-generate
+loads ``--gen-subset`` only), the trie file must have one line per example of it.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor
 
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
-from informative_dialogue.kid.memory import EntityMemory, KIDCore, KIDOptions
+from informative_dialogue.kid.memory import EntityMemory, KIDCore
+from informative_dialogue.kid.options import KIDOptions
 from informative_dialogue.kid.trie_files import TrieStore
 from informative_dialogue.kid.token_mapping import TokenMapper, load_gpt2_symbol_map
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KIDEnsembleModel", "KIDSequenceGenerator", "KIDTaskMixin", "build_kid_core"]
+__all__ = ["KIDEnsembleModel", "KIDSequenceGenerator", "KIDTaskMixin", "build_kid_core", "kid_options"]
 
 
 @dataclass
@@ -128,28 +135,45 @@ class KIDSequenceGenerator(SequenceGenerator):
             self.model.kid_batch = None
 
 
-def build_kid_core(cfg, tgt_dict) -> KIDCore:
-    """The :class:`KIDCore` of a task config carrying :class:`~.kid_config.KIDConfig` fields."""
+def kid_options(cfg: Any) -> KIDOptions:
+    """The :class:`KIDOptions` of a config carrying :class:`~.kid_config.KIDConfig` fields
+    (``kid_NAME`` for every option ``NAME``); ValueError naming the flag when one is invalid."""
+    values = {}
+    for f in fields(KIDOptions):
+        value = getattr(cfg, "kid_" + f.name)
+        values[f.name] = value.value if isinstance(value, Enum) else value  # fairseq ChoiceEnum -> str
+    return KIDOptions(**values)
+
+
+def build_kid_core(cfg: Any, tgt_dict: Any, n_examples: Optional[int] = None) -> KIDCore:
+    """The :class:`KIDCore` of a task config carrying :class:`~.kid_config.KIDConfig` fields.
+
+    Args:
+        cfg: the task config (``--kid-*`` flags).
+        tgt_dict: the target dictionary (fairseq ``Dictionary``).
+        n_examples: size of the generation subset, if known: the trie file (unless shared) must
+            have exactly this many lines.
+
+    Raises:
+        ValueError: no ``--kid-trie``, invalid options, a trie file with no knowledge (without
+            ``--kid-allow-empty-tries``) or with a line count other than ``n_examples``.
+    """
     if not cfg.kid_trie:
         raise ValueError("--kid needs --kid-trie FILE (knowledge trie JSONL)")
-    options = KIDOptions(
-        hops=cfg.kid_hops,
-        window=cfg.kid_memory,
-        steps=cfg.kid_steps,
-        lr=cfg.kid_lr,
-        sigma=cfg.kid_sigma,
-        beta_init=cfg.kid_beta,
-        mode=str(cfg.kid_mode),
-        entity=str(cfg.kid_entity),
-    )
+    options = kid_options(cfg)
     symbol_map = load_gpt2_symbol_map(cfg.kid_gpt2_encoder_json) if cfg.kid_gpt2_encoder_json else None
     mapper = TokenMapper.from_fairseq_dictionary(
-        tgt_dict, scheme=str(cfg.kid_vocab_scheme), subwords=str(cfg.kid_subwords), symbol_map=symbol_map
+        tgt_dict, scheme=str(cfg.kid_vocab_scheme), subwords=options.subwords, symbol_map=symbol_map
     )
     store = TrieStore(cfg.kid_trie, shared=cfg.kid_shared_trie)
+    if n_examples is not None and not store.shared and len(store) != n_examples:
+        raise ValueError(
+            f"KID: --kid-trie {cfg.kid_trie} has {len(store)} lines but the generation subset has {n_examples} "
+            "examples: line i must be the trie of example i (build the tries from the same subset)"
+        )
     logger.info(
-        "KID: %s, hops %d, memory %d, K %d, lr %g, sigma %g, %s-subword tokens (%s vocabulary), %d tries",
-        options.mode, options.hops, options.memory_window, options.steps, options.lr, options.sigma,
+        "KID: %s, hops %d, memory %d, K %d, lr %g, sigma %g, beta %g, %s-subword tokens (%s vocabulary), %d tries",
+        options.mode, options.hops, options.memory, options.steps, options.lr, options.sigma, options.beta,
         mapper.subwords, mapper.scheme, len(store),
     )
     return KIDCore(store, mapper, options)
@@ -160,8 +184,27 @@ class KIDTaskMixin:
 
     Put it before the fairseq task class: ``class MyTask(KIDTaskMixin, TranslationTask)``;
     the task's ``cfg`` (or ``args`` for legacy tasks) must carry the
-    :class:`~.kid_config.KIDConfig` fields.
+    :class:`~.kid_config.KIDConfig` fields. Under ``--kid`` the options are validated when the
+    task is built (before any model is loaded), the trie file when the generator is built.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        cfg = self._kid_cfg()
+        if getattr(cfg, "kid", False):
+            kid_options(cfg)  # fail fast: ValueError naming the flag
+
+    def _kid_cfg(self) -> Any:
+        # FairseqTask keeps its config in .cfg, LegacyFairseqTask (language_modeling) in .args
+        return getattr(self, "cfg", None) or getattr(self, "args", None)
+
+    def _kid_subset_size(self) -> Optional[int]:
+        """Size of the generation subset: the one dataset loaded (fairseq-generate loads only
+        ``--gen-subset``); None when none or several are loaded (fairseq-interactive, training)."""
+        datasets = getattr(self, "datasets", None) or {}
+        if len(datasets) != 1:
+            return None
+        return len(next(iter(datasets.values())))
 
     def build_generator(
         self,
@@ -171,14 +214,15 @@ class KIDTaskMixin:
         extra_gen_cls_kwargs: Optional[Dict[str, Any]] = None,
         prefix_allowed_tokens_fn=None,
     ):
-        # FairseqTask keeps its config in .cfg, LegacyFairseqTask (language_modeling) in .args
-        cfg = getattr(self, "cfg", None) or getattr(self, "args", None)
+        cfg = self._kid_cfg()
         if getattr(cfg, "kid", False) and not getattr(args, "score_reference", False):
             if seq_gen_cls is not None or getattr(args, "print_alignment", False):
                 raise ValueError("--kid cannot be combined with another generator class or --print-alignment")
             seq_gen_cls = KIDSequenceGenerator
             extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {})
-            extra_gen_cls_kwargs["kid_core"] = build_kid_core(cfg, self.target_dictionary)  # type: ignore[attr-defined]
+            extra_gen_cls_kwargs["kid_core"] = build_kid_core(
+                cfg, self.target_dictionary, n_examples=self._kid_subset_size()  # type: ignore[attr-defined]
+            )
             extra_gen_cls_kwargs["kid_src_dict"] = self.source_dictionary  # type: ignore[attr-defined]
         return super().build_generator(  # type: ignore[misc]
             models,

@@ -22,12 +22,12 @@ immutable tuples, so reordering copies references only.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from informative_dialogue.kid.options import KIDOptions, flag
 from informative_dialogue.kid.trie import WordNormalizer
 from informative_dialogue.kid.trie_files import InMemoryTries, TrieStore
 from informative_dialogue.kid.policy_update import PolicyUpdateResult, kid_policy_update
@@ -35,7 +35,7 @@ from informative_dialogue.kid.token_mapping import TokenMapper
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EntityMemory", "push_fifo", "KIDOptions", "KIDCore"]
+__all__ = ["EntityMemory", "push_fifo", "KIDCore"]
 
 Memory = Tuple[str, ...]
 
@@ -145,51 +145,6 @@ class EntityMemory:
         return changed
 
 
-@dataclass(frozen=True)
-class KIDOptions:
-    """Hyper-parameters of one KID decoder (validated on construction).
-
-    Attributes:
-        hops: h_max, query hops.
-        window: w_max, memory length (``None``: ``hops``, as in the paper).
-        steps: K, Adam steps per decoding step (0: plain decoding).
-        lr: Adam step size.
-        sigma: target KL of the adaptive beta.
-        beta_init: initial KL weight of every hypothesis.
-        mode: ``kid`` (memory + multi-hop query, Algorithm 2) or ``little`` (Little KID,
-            appendix A.3: every end node of the example's trie, no dynamic query).
-        entity: which completed words enter the memory: ``key`` (content words whose stem
-            is a key of the example's trie) or ``content`` (every content word).
-    """
-
-    hops: int = 4
-    window: Optional[int] = None
-    steps: int = 3
-    lr: float = 0.1
-    sigma: float = 0.02
-    beta_init: float = 1.0
-    mode: str = "kid"
-    entity: str = "key"
-
-    def __post_init__(self) -> None:
-        if self.hops < 1:
-            raise ValueError(f"KID hops must be >= 1, got {self.hops}")
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"KID memory window must be >= 1, got {self.window}")
-        if self.steps < 0:
-            raise ValueError(f"KID steps must be >= 0, got {self.steps}")
-        if self.lr <= 0 or self.sigma <= 0 or self.beta_init <= 0:
-            raise ValueError("KID lr, sigma and beta_init must be > 0")
-        if self.mode not in ("kid", "little"):
-            raise ValueError(f"KID mode must be 'kid' or 'little', got {self.mode!r}")
-        if self.entity not in ("key", "content"):
-            raise ValueError(f"KID entity rule must be 'key' or 'content', got {self.entity!r}")
-
-    @property
-    def memory_window(self) -> int:
-        return self.window if self.window is not None else self.hops
-
-
 class KIDCore:
     """Algorithm 2 around one model vocabulary: memory initialisation, entity test,
     demonstrations (query -> token ids), and the batched policy update of a step.
@@ -201,8 +156,14 @@ class KIDCore:
     Args:
         tries: a :class:`TrieStore` or :class:`InMemoryTries`.
         mapper: the target vocabulary's :class:`TokenMapper`.
-        options: :class:`KIDOptions`.
+        options: :class:`~informative_dialogue.kid.options.KIDOptions`; ``options.subwords``
+            must equal ``mapper.subwords``.
         cache_size: demonstrations cached (per (trie index, memory) pair).
+
+    Raises:
+        ValueError: the mapper's subword rule differs from the options', or every trie is
+            empty (no knowledge: KID would be plain decoding) and ``options.allow_empty_tries``
+            is false; with it, one warning instead.
     """
 
     def __init__(
@@ -212,6 +173,18 @@ class KIDCore:
         options: KIDOptions,
         cache_size: int = 4096,
     ) -> None:
+        if mapper.subwords != options.subwords:
+            raise ValueError(f"the TokenMapper uses subwords={mapper.subwords!r} but the KID options say "
+                             f"{flag('subwords')} {options.subwords}")
+        if tries.all_empty:
+            source = getattr(tries, "path", None) or "the knowledge tries"
+            if not options.allow_empty_tries:
+                raise ValueError(
+                    f"KID: {source} holds no knowledge ({len(tries)} tries, all empty): decoding would be plain "
+                    f"decoding; pass {flag('allow_empty_tries')} (allow_empty_tries=True) to decode plainly anyway"
+                )
+            logger.warning("KID: %s holds no knowledge (%d tries, all empty): decoding is plain decoding (%s)",
+                           source, len(tries), flag("allow_empty_tries"))
         self.tries = tries
         self.mapper = mapper
         self.options = options
@@ -264,7 +237,7 @@ class KIDCore:
             self.initial_keys(t, words) if self.options.mode == "kid" and not self.tries.is_empty(t) else []
             for t, words in zip(trie_indices, source_words)
         ]
-        return EntityMemory.for_batch(init, self.options.memory_window, beam_size, self.options.beta_init, device)
+        return EntityMemory.for_batch(init, self.options.memory, beam_size, self.options.beta, device)
 
     def observe(self, state: EntityMemory, tokens: Tensor, trie_indices: Sequence[int]) -> None:
         """Feed the newest token of every row (N,) to the memory (a no-op for Little KID)."""

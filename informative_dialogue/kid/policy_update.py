@@ -34,9 +34,9 @@ Gradient (closed form, no autograd, so it works under ``torch.no_grad``), with
 
     \partial J / \partial \theta_j = \pi^*_j (R_j - M) / M - \beta (\pi^*_j - \pi_j).
 
-We take ``steps`` (K, default 3) Adam ascent steps on :math:`\theta`, element-wise, for all
-rows at once (Adam is per-coordinate, so this is exactly K per-row Adam runs). Tokens with
-:math:`\pi_j = 0` (``-inf``) have zero gradient and stay impossible.
+We take ``steps`` (K; default ``KIDOptions.steps``) Adam ascent steps on :math:`\theta`,
+element-wise, for all rows at once (Adam is per-coordinate, so this is exactly K per-row Adam
+runs). Tokens with :math:`\pi_j = 0` (``-inf``) have zero gradient and stay impossible.
 
 For binary rewards the maximiser is known: :math:`\pi^*` rescales the demonstration tokens
 uniformly so that their mass is :math:`M^* = (1 + \beta p)/(1 + \beta)` with
@@ -57,11 +57,14 @@ unchanged (the controller only reacts to updates it made).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 from torch import Tensor
+
+from informative_dialogue.kid.options import KIDOptions
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +98,9 @@ def kid_policy_update(
     log_probs: Tensor,
     demo_weights: Tensor,
     beta: Tensor,
-    steps: int = 3,
-    lr: float = 0.1,
-    sigma: float = 0.02,
+    steps: int = KIDOptions.steps,
+    lr: float = KIDOptions.lr,
+    sigma: float = KIDOptions.sigma,
     beta_min: float = 1e-6,
     beta_max: float = 1e6,
     adam_betas: Tuple[float, float] = (0.9, 0.999),
@@ -111,7 +114,7 @@ def kid_policy_update(
         demo_weights: (N, V) bool mask or non-negative float weights of the demonstration
             tokens; a row of zeros means "no demonstrations".
         beta: (N,) current KL weights (> 0).
-        steps: K, number of Adam steps (0: nothing is updated).
+        steps: K, number of Adam steps (0: nothing is updated); defaults: :class:`KIDOptions`.
         lr: Adam step size (in logit units; each step moves a logit by about ``lr``).
         sigma: target KL divergence of the adaptive beta.
         beta_min, beta_max: clamp of the adapted beta.
@@ -127,8 +130,8 @@ def kid_policy_update(
     n = log_probs.size(0)
     if beta.shape != (n,):
         raise ValueError(f"beta must be ({n},), got {tuple(beta.shape)}")
-    if steps < 0 or lr <= 0 or sigma <= 0:
-        raise ValueError(f"need steps >= 0, lr > 0, sigma > 0 (got {steps}, {lr}, {sigma})")
+    if steps < 0 or not (math.isfinite(lr) and lr > 0) or not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"need steps >= 0 and finite lr > 0, sigma > 0 (got {steps}, {lr}, {sigma})")
 
     device = log_probs.device
     beta32 = beta.to(device=device, dtype=torch.float32)

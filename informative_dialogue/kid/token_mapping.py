@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
+from informative_dialogue.kid.options import SUBWORD_RULES, KIDOptions
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TokenMapper", "Piece", "detect_scheme", "bytes_to_unicode", "load_gpt2_symbol_map", "SCHEMES"]
@@ -117,13 +119,13 @@ class TokenMapper:
         symbols: Sequence[str],
         special_ids: Iterable[int] = (),
         scheme: str = "auto",
-        subwords: str = "first",
+        subwords: str = KIDOptions.subwords,
         encode_fn: Optional[Callable[[str], Sequence[int]]] = None,
     ) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"scheme {scheme!r} not in {SCHEMES}")
-        if subwords not in ("first", "all"):
-            raise ValueError(f"subwords must be 'first' or 'all', got {subwords!r}")
+        if subwords not in SUBWORD_RULES:
+            raise ValueError(f"subwords must be one of {', '.join(SUBWORD_RULES)}, got {subwords!r}")
         self.symbols = list(symbols)
         self.scheme = detect_scheme(self.symbols) if scheme == "auto" else scheme
         self.subwords = subwords
@@ -146,7 +148,7 @@ class TokenMapper:
         cls,
         dictionary,
         scheme: str = "auto",
-        subwords: str = "first",
+        subwords: str = KIDOptions.subwords,
         symbol_map: Optional[Mapping[str, str]] = None,
     ) -> "TokenMapper":
         """From a ``fairseq.data.Dictionary`` (special ids: the first ``nspecial`` symbols)."""
@@ -157,7 +159,7 @@ class TokenMapper:
         return cls(symbols, special_ids=special, scheme=scheme, subwords=subwords)
 
     @classmethod
-    def from_hf_tokenizer(cls, tokenizer, subwords: str = "first", use_tokenizer: bool = True) -> "TokenMapper":
+    def from_hf_tokenizer(cls, tokenizer, subwords: str = KIDOptions.subwords, use_tokenizer: bool = True) -> "TokenMapper":
         """From a Hugging Face tokenizer; ``use_tokenizer`` segments words with the tokenizer itself."""
         n = len(tokenizer)
         symbols = tokenizer.convert_ids_to_tokens(list(range(n)))

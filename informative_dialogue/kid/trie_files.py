@@ -144,10 +144,7 @@ class TrieStore:
         del tries_for_stats
         self.all_empty = all(empty)
         if self.all_empty:
-            logger.warning(
-                "KID: trie file %s holds no knowledge (%d lines, all tries empty): "
-                "decoding is plain decoding", self.path, len(empty),
-            )
+            logger.warning("KID: trie file %s holds no knowledge (%d lines, all tries empty)", self.path, len(empty))
         else:
             logger.info("KID: trie file %s: %s", self.path, self.stats)
 
@@ -197,8 +194,6 @@ class InMemoryTries:
             raise ValueError("InMemoryTries needs at least one trie")
         self.shared = shared
         self.all_empty = all(e.trie.is_empty() for e in self.examples)
-        if self.all_empty:
-            logger.warning("KID: the knowledge tries hold no knowledge: decoding is plain decoding")
 
     def __len__(self) -> int:
         return len(self.examples)

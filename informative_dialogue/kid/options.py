@@ -1,0 +1,157 @@
+"""The options of knowledge-infused decoding (KID): names, defaults, help texts and validation,
+in one place.
+
+Every front end takes them from here, so a default is written once:
+
+* fairseq (``fairseq_plugins/generation/kid_config.py``): flag ``--kid-NAME`` is field ``NAME``
+  of :class:`KIDOptions` (``_`` written ``-``), with :data:`HELP` as its help text and the
+  field's default;
+* the Hugging Face processor (:class:`~informative_dialogue.kid.hf_processor.KIDLogitsProcessor`):
+  keyword ``NAME`` or ``options=KIDOptions(...)``;
+* argparse scripts (the ROCStories example, the decoding benchmark): :func:`add_kid_arguments`
+  and :func:`options_from_args`;
+* the keyword defaults of :func:`~informative_dialogue.kid.policy_update.kid_policy_update` and
+  :class:`~informative_dialogue.kid.token_mapping.TokenMapper`;
+* the shell recipes pass a ``--kid-*`` flag only when its variable is set, and read a default
+  they need for a file name with :func:`default` (``python3 -m informative_dialogue.kid.options
+  hops`` prints 4).
+
+This module imports nothing but the standard library.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import sys
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+__all__ = ["KIDOptions", "HELP", "CHOICES", "MODES", "ENTITY_RULES", "SUBWORD_RULES", "flag", "default",
+           "add_kid_arguments", "options_from_args"]
+
+MODES: Tuple[str, ...] = ("kid", "little")
+ENTITY_RULES: Tuple[str, ...] = ("key", "content")
+SUBWORD_RULES: Tuple[str, ...] = ("first", "all")
+CHOICES: Dict[str, Tuple[str, ...]] = {"mode": MODES, "entity": ENTITY_RULES, "subwords": SUBWORD_RULES}
+
+HELP: Dict[str, str] = {
+    "hops": "h_max, hops of the trie query",
+    "memory": "w_max, length of the FIFO entity memory (unset: the value of --kid-hops)",
+    "steps": "K, Adam steps of the policy update per decoding step (0: plain decoding)",
+    "lr": "Adam step size of the policy update (a finite number > 0)",
+    "sigma": "target KL(pi || pi*) of the adaptive KL weight beta (a finite number > 0)",
+    "beta": "initial KL weight beta (a finite number > 0)",
+    "mode": "kid: local memory + multi-hop trie query at every step; little: Little KID, every end "
+            "node of the example's trie as a fixed demonstration list",
+    "entity": "generated words that enter the memory: key (content words whose stem is a key of the "
+              "example's trie) or content (every non-stop-word)",
+    "subwords": "reward the first subword of each knowledge word, or all its subwords",
+    "allow_empty_tries": "decode anyway (plain decoding, labelled KID) when no example has any "
+                         "knowledge; without it a trie file whose tries are all empty is an error",
+}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of option ``name``: ``beta`` -> ``--kid-beta``."""
+    return "--kid-" + name.replace("_", "-")
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{flag(name)} / {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _positive_finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{flag(name)} / {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class KIDOptions:
+    """Hyper-parameters of one KID decoder, validated on construction (ValueError naming the flag).
+
+    Attributes:
+        hops: h_max, query hops (>= 1).
+        memory: w_max, length of the FIFO entity memory (>= 1); ``None`` on construction means
+            ``hops`` (the paper's setting) and is replaced by it, so after construction it is
+            always an int (``dataclasses.replace(o, hops=2)`` keeps the old ``memory``).
+        steps: K, Adam steps per decoding step (0: plain decoding).
+        lr: Adam step size (finite, > 0).
+        sigma: target KL of the adaptive beta (finite, > 0).
+        beta: initial KL weight of every hypothesis (finite, > 0).
+        mode: ``kid`` (memory + multi-hop query, Algorithm 2) or ``little`` (Little KID,
+            appendix A.3: every end node of the example's trie, no dynamic query).
+        entity: which completed words enter the memory: ``key`` (content words whose stem
+            is a key of the example's trie) or ``content`` (every content word).
+        subwords: ``first`` or ``all`` sub-tokens of each knowledge word are demonstrations
+            (the :class:`~informative_dialogue.kid.token_mapping.TokenMapper` must agree).
+        allow_empty_tries: when every trie is empty, decode plainly (with a warning) instead
+            of raising.
+    """
+
+    hops: int = 4
+    memory: Optional[int] = None
+    steps: int = 3
+    lr: float = 0.1
+    sigma: float = 0.02
+    beta: float = 1.0
+    mode: str = "kid"
+    entity: str = "key"
+    subwords: str = "first"
+    allow_empty_tries: bool = False
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__  # frozen: normalise in place once
+        put(self, "hops", _integer("hops", self.hops, 1))
+        put(self, "memory", self.hops if self.memory is None else _integer("memory", self.memory, 1))
+        put(self, "steps", _integer("steps", self.steps, 0))
+        for name in ("lr", "sigma", "beta"):
+            put(self, name, _positive_finite(name, getattr(self, name)))
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{flag(name)} / {name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not isinstance(self.allow_empty_tries, bool):
+            raise ValueError(f"{flag('allow_empty_tries')} / allow_empty_tries must be a bool, "
+                             f"got {self.allow_empty_tries!r}")
+
+
+def default(name: str) -> Any:
+    """The default of option ``name`` (``None`` for ``memory``: it follows ``hops``)."""
+    for f in fields(KIDOptions):
+        if f.name == name:
+            return f.default
+    raise KeyError(f"KIDOptions has no option {name!r}")
+
+
+def add_kid_arguments(parser: argparse.ArgumentParser, names: Optional[Sequence[str]] = None) -> None:
+    """Add ``--kid-NAME`` for every option (or those in ``names``) to an argparse parser, with
+    the defaults, types, choices and help texts of :class:`KIDOptions`."""
+    for f in fields(KIDOptions):
+        if names is not None and f.name not in names:
+            continue
+        value = f.default
+        assert value is not MISSING
+        if f.name == "allow_empty_tries":
+            parser.add_argument(flag(f.name), action="store_true", help=HELP[f.name])
+        elif f.name in CHOICES:
+            parser.add_argument(flag(f.name), choices=CHOICES[f.name], default=value, help=HELP[f.name])
+        else:
+            kind = int if f.name in ("hops", "memory", "steps") else float
+            parser.add_argument(flag(f.name), type=kind, default=value, help=HELP[f.name])
+
+
+def options_from_args(args: argparse.Namespace, **overrides: Any) -> KIDOptions:
+    """:class:`KIDOptions` from the ``kid_NAME`` attributes of parsed arguments (options the
+    parser does not have keep their defaults), then ``overrides``."""
+    values = {f.name: getattr(args, "kid_" + f.name) for f in fields(KIDOptions) if hasattr(args, "kid_" + f.name)}
+    values.update(overrides)
+    return KIDOptions(**values)
+
+
+if __name__ == "__main__":  # the shell recipes' way to read a default: python3 -m ... hops
+    for _name in sys.argv[1:]:
+        print(default(_name))
