@@ -18,11 +18,8 @@ CHECKPOINT="${CHECKPOINT:-$WORK/checkpoints/transformer_$CONFIG/checkpoint_best.
 KNOWLEDGE_SOURCE="${KNOWLEDGE_SOURCE:-cmu_dog}"
 CMU_DOG="${CMU_DOG:-$SHARED_DATA/cmu_dog.tar.gz}"
 WIKI_SUMMARIES="${WIKI_SUMMARIES:-$SHARED_DATA/wiki_summaries/summaries_en.json.gz}"
-RETRIEVER="${RETRIEVER:-dense}"                   # dense | sparse | random
-TOP_K="${TOP_K:-5}"                               # passages per context
-HOPS="${HOPS:-}"                                  # trie query hops (unset: the default, see common/generate_kid.sh)
-KID_STEPS="${KID_STEPS:-}"                        # policy-gradient steps per token (0 = plain sampling; unset: the default)
-SEED="${SEED:-1}"
+# RETRIEVER (dense | sparse | random), TOP_K, HOPS, KID_STEPS, KID_LR, KID_SIGMA, SEED: the defaults and
+# their meaning are in examples/common/generate_kid.sh (set any of them here to override)
 SUBSET="${SUBSET:-test}"
 KNOWLEDGE="${KNOWLEDGE-$WORK/tok/$SUBSET.knowledge}"   # grounding section, one line per test example
 # -------------------------------------------------------------------------------------------

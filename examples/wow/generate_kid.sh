@@ -27,11 +27,8 @@ WOW_MINI="${WOW_MINI:-$SHARED_DATA/wow_mini}"
 WIKI_SUMMARIES="${WIKI_SUMMARIES:-$SHARED_DATA/wiki_summaries/summaries_en.json.gz}"
 DPR_PASSAGES="${DPR_PASSAGES:-$ROOT/work/downloads/psgs_w100.tsv.gz}"
 DPR_PASSAGES_URL="${DPR_PASSAGES_URL:-https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz}"
-RETRIEVER="${RETRIEVER:-dense}"                   # dense | sparse | random
-TOP_K="${TOP_K:-5}"                               # passages per context
-HOPS="${HOPS:-}"                                  # trie query hops (unset: the default, see common/generate_kid.sh)
-KID_STEPS="${KID_STEPS:-}"                        # policy-gradient steps per token (0 = plain sampling; unset: the default)
-SEED="${SEED:-1}"
+# RETRIEVER (dense | sparse | random), TOP_K, HOPS, KID_STEPS, KID_LR, KID_SIGMA, SEED: the defaults and
+# their meaning are in examples/common/generate_kid.sh (set any of them here to override)
 SUBSET="${SUBSET:-test}"
 KNOWLEDGE="${KNOWLEDGE-$WORK/tok/$SUBSET.knowledge}"   # knowledge sentences, one line per test example
 KNOWLEDGE_SEPARATOR="${KNOWLEDGE_SEPARATOR:-__knowledge__}"  # prepare_mini.sh's sentence separator
