@@ -1,4 +1,10 @@
-"""Shared I/O for the data preparation commands: examples, validation, writing splits."""
+"""Shared I/O for the data preparation commands: examples, validation, writing splits.
+
+The writers here write into the folder they are given. Commands that write a set of files
+give them a staging folder (:func:`informative_dialogue.text_io.staged_directory`) so that the
+set moves into the real output only when complete; line-aligned inputs are read with
+:mod:`informative_dialogue.text_io`.
+"""
 from __future__ import annotations
 
 import json
@@ -80,8 +86,13 @@ def write_split(out_dir: str | os.PathLike, split: str, examples: Sequence[Examp
 
 
 def write_stats(out_dir: str | os.PathLike, stats: dict) -> None:
-    """Write ``stats.json`` and log it."""
+    """Write ``out_dir/stats.json`` and log it."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
+    dump_stats(os.path.join(out_dir, "stats.json"), stats)
+
+
+def dump_stats(path: str | os.PathLike, stats: dict) -> None:
+    """Write ``stats`` as indented JSON (sorted keys) to ``path`` and log it."""
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2, sort_keys=True)
     logger.info("stats: %s", json.dumps(stats, sort_keys=True))

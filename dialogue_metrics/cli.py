@@ -1,4 +1,11 @@
-"""``dialog-metrics``: score one system's responses and report JSON + a markdown table row."""
+"""``dialog-metrics``: score one system's responses and report JSON + a markdown table row.
+
+A fairseq-generate output must hold every example of the test set: missing ids (a cut or
+partial output) or ids without a reference are an error (exit status 2) unless
+``--allow-partial``; the JSON report (``n_examples``, ``n_expected``, ``n_missing``, ``n_extra``)
+and the markdown row (column ``N``) say how many examples were scored. ROUGE-L uses rouge-score's
+own tokenizer unless ``--rouge-tokenizer whitespace``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +18,11 @@ from . import entities, registry, report, safe
 from .evaluate import EvalInputs, evaluate
 from .ngrams import token_counts
 from .ppl import ppl_from_log
-from .readers import InputError, align_by_ids, check_same_count, drop_tokens, read_gen_out, read_text_lines
+from .overlap import ROUGE_TOKENIZERS
+from .readers import InputError, align_by_ids, check_ids, check_same_count, drop_tokens, read_gen_out, read_text_lines
 from .text import TOKENIZERS, tokenize_all, wordpiece_detok
-from informative_dialogue.cli import console_script
+from informative_dialogue.cli import console_script, setup_logging
+from informative_dialogue.text_io import write_text_atomic
 
 logger = logging.getLogger("dialogue_metrics")
 
@@ -62,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenisation after lower-casing (default space: split on whitespace)")
     add("--wordpiece-detok", action="store_true",
         help="join '##' WordPiece continuations in all text inputs first")
+    add("--rouge-tokenizer", choices=ROUGE_TOKENIZERS, default="rouge_score",
+        help="ROUGE-L tokenisation: rouge_score (default: the rouge-score package's own tokenizer, "
+        "punctuation dropped) or whitespace (the tokens of the other metrics, punctuation kept; "
+        "this project's ROUGE-L before the default changed)")
+    add("--allow-partial", action="store_true",
+        help="score a fairseq-generate output that lacks some examples of the test set (or holds ids "
+        "without a reference): only the examples with a reference are scored, and N says how many "
+        "(default: such an output is an error)")
     add("--metrics", metavar="M1,M2",
         help="metric keys/groups to compute (default: all that the inputs allow)")
     add("--name", help="system name for the table row (default: input file name)")
@@ -78,24 +95,41 @@ def _read_knowledge(args: argparse.Namespace) -> list[str]:
     return drop_tokens(read_text_lines(args.knowledge, args.wordpiece_detok), args.knowledge_drop_token)
 
 
-def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
-    """Read every input file named on the command line; checks counts, names files in errors."""
+def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str], dict[str, int]]:
+    """Read every input file named on the command line; checks counts, names files in errors.
+
+    Returns the inputs, the files read (``_name``: the system's file) and the example coverage
+    (``n_expected``, ``n_missing``, ``n_extra``)."""
     detok = args.wordpiece_detok
     files: dict[str, str] = {}
+    coverage: dict[str, int] = {}
     if args.gen_out:
         gen = read_gen_out(args.gen_out)
         files["gen_out"] = args.gen_out
-        hyps = [wordpiece_detok(h) for h in gen.hypotheses] if detok else gen.hypotheses
-        refs = gen.references
+        ref_lines = read_text_lines(args.ref, detok) if args.ref else None
+        knowledge_lines = _read_knowledge(args) if args.knowledge else None
+        if ref_lines is not None and knowledge_lines is not None:
+            check_same_count(ref_lines, f"references file {args.ref}", knowledge_lines,
+                             f"knowledge file {args.knowledge}")
+        # the examples expected: one per line of --ref (or --knowledge); else the T- lines' own ids
+        expected_name, expected_lines = (
+            (args.ref, ref_lines) if ref_lines is not None
+            else (args.knowledge, knowledge_lines) if knowledge_lines is not None else (None, None)
+        )
+        check = check_ids(gen.ids, args.gen_out, None if expected_lines is None else len(expected_lines),
+                          expected_name, gen.translated, args.allow_partial)
+        keep = [k for k, i in enumerate(gen.ids) if i < check.expected]
+        hyps = [gen.hypotheses[k] for k in keep]
+        hyps = [wordpiece_detok(h) for h in hyps] if detok else hyps
+        refs = None if gen.references is None else [gen.references[k] for k in keep]
         if refs is not None and detok:
             refs = [wordpiece_detok(r) for r in refs]
-        if args.ref:
-            refs = align_by_ids(read_text_lines(args.ref, detok), gen.ids, args.ref, args.gen_out)
+        if ref_lines is not None:
+            refs = align_by_ids(ref_lines, check.kept, args.ref, args.gen_out)
         knowledge = None
-        if args.knowledge:
-            knowledge = align_by_ids(
-                _read_knowledge(args), gen.ids, args.knowledge, args.gen_out
-            )
+        if knowledge_lines is not None:
+            knowledge = align_by_ids(knowledge_lines, check.kept, args.knowledge, args.gen_out)
+        coverage = {"n_expected": check.expected, "n_missing": len(check.missing), "n_extra": len(check.extra)}
         hyp_name = args.gen_out
     else:
         if not args.ref:
@@ -109,6 +143,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
             knowledge = _read_knowledge(args)
             check_same_count(hyps, f"hypotheses file {args.hyp}", knowledge,
                              f"knowledge file {args.knowledge}")
+        coverage = {"n_expected": len(refs), "n_missing": 0, "n_extra": 0}
         hyp_name = args.hyp
     if args.ref:
         files["ref"] = args.ref
@@ -160,9 +195,10 @@ def _load_inputs(args: argparse.Namespace) -> tuple[EvalInputs, dict[str, str]]:
         lf_threshold=args.lf_threshold,
         safe_phrases=phrases,
         tokenize=args.tokenize,
+        rouge_tokenizer=args.rouge_tokenizer,
     )
     files["_name"] = hyp_name
-    return inputs, files
+    return inputs, files, coverage
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -172,7 +208,7 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as e:
         raise InputError(str(e)) from e
     try:
-        inputs, files = _load_inputs(args)
+        inputs, files, coverage = _load_inputs(args)
     except InputError:
         raise
     except (OSError, ValueError) as e:  # unreadable or empty phrase/entity-vocabulary file
@@ -183,15 +219,19 @@ def run(args: argparse.Namespace) -> dict:
     except (ValueError, RuntimeError) as e:  # RuntimeError: spaCy model unavailable
         raise InputError(str(e)) from e
     counts = {
-        "n_examples": len(inputs.hypotheses),
+        "n_examples": len(inputs.hypotheses),  # N: the examples scored
         "n_empty_hypotheses": sum(1 for h in inputs.hypotheses if not h.split()),
+        **coverage,
     }
     settings = {
         "files": files,
         "tokenize": args.tokenize,
         "wordpiece_detok": args.wordpiece_detok,
         "lowercase": True,
+        "allow_partial": args.allow_partial,
     }
+    if "rougeL" in results:
+        settings["rouge_tokenizer"] = args.rouge_tokenizer
     if args.knowledge_drop_token:
         settings["knowledge_drop_tokens"] = list(args.knowledge_drop_token)
     if "lf" in results:
@@ -206,26 +246,23 @@ def run(args: argparse.Namespace) -> dict:
     if args.json_out:
         report.write_json(args.json_out, out)
         logger.info("wrote %s", args.json_out)
-    table = report.markdown_table(name, results)
+    n = counts["n_examples"]
+    table = report.markdown_table(name, results, n)
     if args.md_out:
-        with open(args.md_out, "w", encoding="utf-8") as f:
-            f.write(table)
+        write_text_atomic(args.md_out, table.split("\n")[:-1])
         logger.info("wrote %s", args.md_out)
     if args.append_md:
-        report.append_markdown(args.append_md, name, results)
+        report.append_markdown(args.append_md, name, results, n)
         logger.info("appended a row to %s", args.append_md)
     sys.stdout.write(table)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns 0 on success, 2 on unusable input (message logged)."""
+    """Console entry point; returns 0 on success, 2 on unusable input (the message is logged,
+    on the command line as the one line ``dialog-metrics: message``)."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-        )
+    setup_logging(args.verbose, prog="dialog-metrics")
     try:
         run(args)
     except InputError as e:

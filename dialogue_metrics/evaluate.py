@@ -30,6 +30,7 @@ class EvalInputs:
     lf_threshold: int = 100
     safe_phrases: Iterable[str] = field(default_factory=lambda: list(safe.DEFAULT_SAFE_PHRASES))
     tokenize: str = "space"
+    rouge_tokenizer: str = "rouge_score"  # or "whitespace" (dialogue_metrics.overlap.rouge_l)
 
 
 def _available(inputs: EvalInputs, need: str | None) -> bool:
@@ -86,7 +87,7 @@ def evaluate(inputs: EvalInputs, requested: Sequence[str] | None = None) -> dict
         elif key.startswith("bleu"):
             value = overlap.corpus_bleu(hyp_tok, ref_tok, int(key[-1]))
         elif key == "rougeL":
-            value = overlap.rouge_l(hyp_tok, ref_tok)
+            value = overlap.rouge_l(hyp_tok, ref_tok, inputs.rouge_tokenizer)
         elif key.startswith("dist"):
             value = ngrams.distinct_n(hyp_tok, int(key[-1]))
         elif key == "lf":

@@ -91,25 +91,37 @@ class _WhitespaceTokenizer:
         return text.split()
 
 
-def rouge_l(hypotheses: Sequence[Tokens], references: Sequence[Tokens]) -> float:
+ROUGE_TOKENIZERS = ("rouge_score", "whitespace")
+
+
+def rouge_l(hypotheses: Sequence[Tokens], references: Sequence[Tokens], tokenizer: str = "rouge_score") -> float:
     """Mean sentence-level ROUGE-L F-measure (Lin, 2004), on a 0-1 scale.
 
     Definition: for every example ``F = 2PR / (P + R)`` with ``P = LCS / len(hyp)`` and
     ``R = LCS / len(ref)`` (LCS = longest common token subsequence), computed by
-    ``rouge_score.rouge_scorer.RougeScorer(['rougeL'])`` with a whitespace tokenizer (no
-    stemming), so the tokens are exactly those of the other metrics; averaged over all
+    ``rouge_score.rouge_scorer.RougeScorer(['rougeL'])`` (no stemming); averaged over all
     examples. An empty hypothesis scores 0.
+
+    ``tokenizer``: ``"rouge_score"`` (default) re-tokenises the tokens, joined by spaces, with
+    rouge-score's own tokenizer (lower-case, every character other than ``a-z0-9`` a separator:
+    punctuation and non-ASCII letters are dropped), the convention of published ROUGE scores;
+    ``"whitespace"`` scores the given tokens as they are, punctuation included, the tokens of the
+    other metrics (higher values: punctuation such as a final ``.`` or ``?`` matches easily).
     """
-    scores = rouge_l_per_example(hypotheses, references)
+    scores = rouge_l_per_example(hypotheses, references, tokenizer)
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def rouge_l_per_example(hypotheses: Sequence[Tokens], references: Sequence[Tokens]) -> list[float]:
+def rouge_l_per_example(
+    hypotheses: Sequence[Tokens], references: Sequence[Tokens], tokenizer: str = "rouge_score"
+) -> list[float]:
     """The sentence-level ROUGE-L F of every example (:func:`rouge_l` is their mean)."""
     from rouge_score.rouge_scorer import RougeScorer
 
     _check_pairs(hypotheses, references)
-    scorer = RougeScorer(["rougeL"], tokenizer=_WhitespaceTokenizer())
+    if tokenizer not in ROUGE_TOKENIZERS:
+        raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; expected one of {ROUGE_TOKENIZERS}")
+    scorer = RougeScorer(["rougeL"], tokenizer=_WhitespaceTokenizer() if tokenizer == "whitespace" else None)
     return [scorer.score(" ".join(ref), " ".join(hyp))["rougeL"].fmeasure
             for hyp, ref in zip(hypotheses, references)]
 

@@ -5,7 +5,7 @@ import math
 import os
 import re
 
-from .readers import InputError, read_lines
+from .readers import InputError
 
 # JSON log format: {"epoch": 1, "valid_loss": "5.1", "valid_ppl": "29.87", ...}; the key is
 # <subset>_ppl (valid_ppl, test_ppl, valid1_ppl, ...), train_ppl/train_inner_ppl are skipped.
@@ -23,9 +23,17 @@ def ppl_from_log(path: str | os.PathLike) -> float:
     JSON lines with a ``"<subset>_ppl"`` key other than ``train_ppl``/``train_inner_ppl``
     (values may be quoted). fairseq's ``ppl`` is ``2 ** nll_loss`` (base 2). Raises
     :class:`InputError` if the log has no validation ppl.
+
+    A log is not a line-aligned corpus file: it is read leniently (progress bars redraw with
+    ``\\r``, which counts as a line break here; undecodable bytes are replaced).
     """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read {os.fspath(path)}: {e.strerror}") from e
     found: float | None = None
-    for line in read_lines(path):
+    for line in text.splitlines():
         m = _JSON_PPL.search(line)
         if m:
             found = float(m.group(2))

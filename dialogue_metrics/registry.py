@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .overlap import ROUGE_TOKENIZERS
+
 
 @dataclass(frozen=True)
 class MetricInfo:
@@ -61,7 +63,8 @@ METRICS: tuple[MetricInfo, ...] = (
     *(_sbleu(n) for n in range(1, 5)),
     MetricInfo(
         "rougeL", "ROUGE-L (%)", 100.0, 2, "ref",
-        "mean sentence-level ROUGE-L F-measure (rouge_score, whitespace tokens, no stemming), 0-1",
+        "mean sentence-level ROUGE-L F-measure (rouge_score's own tokenizer: lower-cased, every "
+        "character other than a-z and 0-9 a separator, so punctuation is dropped; no stemming), 0-1",
     ),
     *(_dist(n) for n in range(1, 4)),
     MetricInfo(
@@ -92,6 +95,28 @@ METRICS: tuple[MetricInfo, ...] = (
 )
 
 BY_KEY: dict[str, MetricInfo] = {m.key: m for m in METRICS}
+
+# ROUGE-L tokenisations (dialogue_metrics.overlap.rouge_l): "rouge_score" (default) is the
+# rouge-score package's own tokenizer, the convention of published ROUGE scores; "whitespace"
+# scores the whitespace tokens of the other metrics, punctuation included (higher values; the
+# convention of this project's results before the default changed).
+DEFAULT_ROUGE_TOKENIZER = "rouge_score"
+ROUGE_WHITESPACE_DEFINITION = (
+    "mean sentence-level ROUGE-L F-measure (rouge_score's LCS on the whitespace tokens of the "
+    "other metrics, punctuation kept, no stemming: --rouge-tokenizer whitespace, NOT rouge-score's "
+    "own tokenisation), 0-1"
+)
+
+
+def definition(key: str, rouge_tokenizer: str = DEFAULT_ROUGE_TOKENIZER) -> str:
+    """The one-line definition of metric ``key`` as computed (``rougeL`` depends on
+    ``rouge_tokenizer``, one of :data:`ROUGE_TOKENIZERS`)."""
+    if key == "rougeL":
+        if rouge_tokenizer not in ROUGE_TOKENIZERS:
+            raise ValueError(f"unknown ROUGE tokenizer {rouge_tokenizer!r}; expected one of {ROUGE_TOKENIZERS}")
+        if rouge_tokenizer == "whitespace":
+            return ROUGE_WHITESPACE_DEFINITION
+    return BY_KEY[key].definition
 BY_HEADER: dict[str, MetricInfo] = {m.header: m for m in METRICS}
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -106,7 +131,8 @@ FOOTNOTE = (
     "BLEU-n: corpus-level cumulative BLEU (Papineni et al., 2002; sacrebleu, no smoothing). "
     "sBLEU-n: mean sentence-level BLEU with Chen & Cherry (2014) smoothing 7 (NLTK method7). "
     "Columns marked (%) are proportions x100; %safe is a percentage; KL-n is in bits. "
-    "Texts lower-cased and whitespace-tokenised."
+    "Texts lower-cased and whitespace-tokenised; ROUGE-L with rouge-score's own tokenizer unless "
+    "the JSON settings say rouge_tokenizer = whitespace. N: examples scored."
 )
 
 

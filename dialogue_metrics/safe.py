@@ -5,6 +5,8 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from informative_dialogue import text_io
+
 DEFAULT_SAFE_PHRASES = ("i'm not sure", "i don't know")
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'", "\u02bc": "'"})
@@ -61,8 +63,7 @@ def safe_response_rate(
 def load_phrases(path: str | os.PathLike) -> list[str]:
     """Safe phrases from a file: one per line; blank lines and lines starting with ``#`` are
     ignored."""
-    with open(path, encoding="utf-8") as f:
-        phrases = [line.strip() for line in f]
+    phrases = [line.strip() for line in text_io.iter_lines(path)]  # UTF-8; errors name the file and line
     phrases = [p for p in phrases if p and not p.startswith("#")]
     if not phrases:
         raise ValueError(f"{os.fspath(path)}: no safe phrases found")

@@ -21,12 +21,34 @@ EXIT_INPUT_ERROR = 2
 EXPECTED_ERRORS = (ValueError, OSError)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Configure root logging for a command-line entry point (once per process)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-    )
+LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
+
+
+class CommandFormatter(logging.Formatter):
+    """The log format of the commands; with ``prog``, an ERROR record (a command that reports an
+    input error itself and returns 2) is the one line ``prog: message``, as
+    :func:`console_script` prints it."""
+
+    def __init__(self, prog: str | None = None):
+        super().__init__(LOG_FORMAT)
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.prog and record.levelno >= logging.ERROR and not record.exc_info:
+            return f"{self.prog}: {record.getMessage()}"
+        return super().format(record)
+
+
+def setup_logging(verbose: bool = False, prog: str | None = None) -> None:
+    """Configure root logging for a command-line entry point (once per process: nothing changes
+    where the root logger already has a handler). ``prog``: see :class:`CommandFormatter`."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(CommandFormatter(prog))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def console_script(main: Callable[[], object]) -> Callable[[], None]:

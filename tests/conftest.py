@@ -7,16 +7,29 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+# the real data: $SHARED_DATA, else ../shared/data beside the repository
+SHARED_DATA = Path(os.environ.get("SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+def require_shared_data(*parts: str) -> Path:
+    """``SHARED_DATA/parts...``, the one way every real-data test finds the data.
+
+    Where it is absent the test is skipped, except when ``CI`` is set in the environment: there
+    a missing file fails the test (CI must run the real-data checks, never skip them silently)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        where = f"{path} (set SHARED_DATA to the folder holding the shared data)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but the shared data is missing: {where}", pytrace=False)
+        pytest.skip(f"shared data not found: {where}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``; tests that need it are skipped where it is absent (never in CI:
-    ``test_shared_data_present_in_ci`` fails there instead)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The shared data folder (``$SHARED_DATA``, default ``../shared/data``); see
+    :func:`require_shared_data` (skip where absent, fail where ``CI`` is set)."""
+    return require_shared_data()
 
 
 @pytest.fixture(autouse=True)

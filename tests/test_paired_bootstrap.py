@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from analysis.paired_bootstrap import main, paired_bootstrap, per_example_scores
+from dialogue_metrics.readers import InputError
 
 
 def test_per_example_scores_by_hand() -> None:
@@ -62,11 +63,41 @@ def test_cli_on_generate_outputs_with_knowledge(tmp_path: Path) -> None:
 
 
 def test_cli_errors(tmp_path: Path) -> None:
+    # input errors are InputError (a ValueError: the console script prints one line, exit 2)
     a = gen_out(tmp_path / "a.out", {0: "x", 1: "y"})
     b = gen_out(tmp_path / "b.out", {0: "x"})
     ref = tmp_path / "ref.txt"
     ref.write_text("x\ny\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="do not hold the same examples"):
+    with pytest.raises(InputError, match="do not hold the same examples"):
         main(["--a", str(a), "--b", str(b), "--ref", str(ref)])
-    with pytest.raises(SystemExit, match="needs --knowledge"):
+    with pytest.raises(InputError, match="needs --knowledge"):
         main(["--a", str(a), "--b", str(a), "--ref", str(ref), "--metrics", "kf1"])
+
+
+def test_rouge_l_uses_rouge_score_tokenisation_by_default() -> None:
+    # rouge-score's tokenizer drops "'" and "?": [don, t] vs [don, t, go] -> P 1, R 2/3, F 0.8;
+    # the whitespace tokens [don, ', t, ?] vs [don, ', t, go] give LCS 3, P 3/4, R 3/4, F 3/4
+    hyp, ref = ["don ' t ?"], ["don ' t go"]
+    assert per_example_scores("rougeL", hyp, ref) == pytest.approx([0.8])
+    assert per_example_scores("rougeL", hyp, ref, "whitespace") == pytest.approx([0.75])
+
+
+def test_partial_generate_output_is_refused_unless_allowed(tmp_path: Path) -> None:
+    # 2 of the 3 reference examples: exit status 2 (InputError) unless --allow-partial
+    a = gen_out(tmp_path / "a.out", {0: "i like it", 2: "no"})
+    b = gen_out(tmp_path / "b.out", {0: "i like frozen", 2: "yes"})
+    ref = tmp_path / "ref.txt"
+    ref.write_text("i like frozen\nmissing\nyes\n", encoding="utf-8")
+    args = ["--a", str(a), "--b", str(b), "--ref", str(ref), "--metrics", "f1,rougeL", "--resamples", "50"]
+    with pytest.raises(InputError, match=r"a\.out holds 2 examples .*ref\.txt \(3 lines\).*1 of the 3 expected "
+                       r"examples are missing \(ids 1\).*--allow-partial"):
+        main(args)
+    out = tmp_path / "r.json"
+    f1, rouge = main([*args, "--allow-partial", "--json-out", str(out)])
+    assert (f1["n_examples"], f1["n_expected"]) == (2, 3)
+    assert f1["mean_b"] == pytest.approx(1.0) and rouge["rouge_tokenizer"] == "rouge_score"
+    assert json.loads(out.read_text()) == [f1, rouge]
+    # an id past the end of the references is refused too
+    c = gen_out(tmp_path / "c.out", {0: "x", 1: "y", 2: "z", 3: "w"})
+    with pytest.raises(InputError, match="1 ids have no reference"):
+        main(["--a", str(c), "--b", str(c), "--ref", str(ref), "--metrics", "f1"])

@@ -12,9 +12,13 @@ from data_prep.corpora.cmu_dog_source import load_documents, section0_text
 from data_prep.corpora.cmu_dog import main
 from informative_dialogue.errors import CorpusError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TARBALL = DATA / "cmu_dog.tar.gz"
-needs_data = pytest.mark.skipif(not TARBALL.exists(), reason=f"CMU_DoG tarball not found at {TARBALL}")
+
+
+@pytest.fixture(scope="module")
+def tarball(shared_data: Path) -> Path:
+    """The real CMU_DoG tarball (through conftest's ``shared_data``: $SHARED_DATA, skip or CI failure)."""
+    return shared_data / "cmu_dog.tar.gz"
+
 
 # measured on ../shared/data/cmu_dog.tar.gz with the defaults (3 context turns, merging on)
 EXPECTED = {
@@ -32,15 +36,12 @@ def lines(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def real_out(tmp_path_factory) -> Path:
-    if not TARBALL.exists():
-        pytest.skip(f"CMU_DoG tarball not found at {TARBALL}")
+def real_out(tarball: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cmu_dog")
-    main(["--input", str(TARBALL), "--output", str(out)])
+    main(["--input", str(tarball), "--output", str(out)])
     return out
 
 
-@needs_data
 def test_real_counts(real_out: Path) -> None:
     stats = json.loads((real_out / "stats.json").read_text())
     assert stats["documents"] == 30
@@ -53,7 +54,6 @@ def test_real_counts(real_out: Path) -> None:
             assert len(lines(real_out / f"{split}.{ext}")) == n, (split, ext)
 
 
-@needs_data
 def test_real_content(real_out: Path) -> None:
     src, tgt = lines(real_out / "train.src"), lines(real_out / "train.tgt")
     knowledge, docid = lines(real_out / "train.knowledge"), lines(real_out / "train.docid")
@@ -77,10 +77,9 @@ def test_real_content(real_out: Path) -> None:
     assert lines(real_out / "valid.tgt")[0] == "hello, how are you?"
 
 
-@needs_data
-def test_real_options_valid(tmp_path: Path) -> None:
+def test_real_options_valid(tarball: Path, tmp_path: Path) -> None:
     main([
-        "--input", str(TARBALL), "--output", str(tmp_path), "--splits", "valid", "--context-turns", "1",
+        "--input", str(tarball), "--output", str(tmp_path), "--splits", "valid", "--context-turns", "1",
         "--no-merge-consecutive", "--knowledge-only-if-seen", "--lowercase", "--dedup",
     ])
     stats = json.loads((tmp_path / "stats.json").read_text())["splits"]["valid"]
@@ -94,9 +93,8 @@ def test_real_options_valid(tmp_path: Path) -> None:
     assert not (tmp_path / "train.src").exists()
 
 
-@needs_data
-def test_load_documents() -> None:
-    docs = load_documents(TARBALL)
+def test_load_documents(tarball: Path) -> None:
+    docs = load_documents(tarball)
     assert sorted(docs) == list(range(30))
     assert all(sorted(d) == ["0", "1", "2", "3"] for d in docs.values())
     assert docs[17]["1"].startswith("In October 2003, 19-year-old Harvard University student Mark Zuckerberg")

@@ -87,3 +87,30 @@ def test_empty_utterance_is_a_counted_skip(tmp_path: Path, caplog: pytest.LogCap
     assert [(e.src, e.tgt) for e in examples] == [("C .", "D .")]
     assert stats["skipped"] == {"empty_utterance": 2}
     assert "empty_utterance" in caplog.text and "dialogues_train.txt:1" in caplog.text
+
+
+def test_corrupt_split_leaves_the_previous_output_intact(tmp_path: Path) -> None:
+    # the repro: a corrupt test.zip used to write the valid split, no stats.json, and leave
+    # a stale test.src from an earlier run beside the new files
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for split in ("train", "validation", "test"):
+        make_zip(data, split, f"{split} one . __eou__ {split} two . __eou__\n")
+    main(["--input", str(data), "--output", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {f"{s}.{e}" for s in ("train", "valid", "test") for e in ("src", "tgt")} | {"stats.json"}
+    make_zip(data, "validation", "new valid . __eou__ new two . __eou__\n")
+    (data / "test.zip").write_bytes(b"PK\x03\x04 corrupt")
+    with pytest.raises(CorpusError, match=r"test\.zip: not a valid zip archive"):
+        main(["--input", str(data), "--output", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing half-written
+
+
+def test_lone_carriage_return_and_non_utf8_name_the_line(tmp_path: Path) -> None:
+    make_zip(tmp_path, "train", "Hi . __eou__ Hello . __eou__\nHow are \ryou ? __eou__ Fine . __eou__\n")
+    with pytest.raises(CorpusError, match=r"dialogues_train\.txt:2: carriage return"):
+        prepare_split(str(tmp_path), "train")
+    with zipfile.ZipFile(tmp_path / "test.zip", "w") as zf:
+        zf.writestr("test/dialogues_test.txt", b"Hi . __eou__ Hello . __eou__\nCaf\xe9 ? __eou__ Oui . __eou__\n")
+    with pytest.raises(CorpusError, match=r"dialogues_test\.txt:2: not UTF-8 text"):
+        prepare_split(str(tmp_path), "test")

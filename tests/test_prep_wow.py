@@ -10,9 +10,6 @@ import pytest
 from informative_dialogue.errors import CorpusError
 from data_prep.corpora.wow import main
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-KI = DATA / "wow_ki"
-MINI = DATA / "wow_mini"
 
 
 def lines(path: Path) -> list[str]:
@@ -26,9 +23,9 @@ def stats_of(out: Path) -> dict:
 # ------------------------------------------------------------------------------------- real
 
 
-@pytest.mark.skipif(not KI.is_dir(), reason=f"WoW KI release not found at {KI}")
-def test_real_ki(tmp_path: Path) -> None:
-    main(["--format", "ki", "--input", str(KI), "--output", str(tmp_path)])
+def test_real_ki(shared_data: Path, tmp_path: Path) -> None:
+    ki = shared_data / "wow_ki"
+    main(["--format", "ki", "--input", str(ki), "--output", str(tmp_path)])
     stats = stats_of(tmp_path)
     assert stats["missing"] == ["train"]
     expected = {"valid": 6895, "test_seen": 3391, "test_unseen": 3412}
@@ -45,13 +42,13 @@ def test_real_ki(tmp_path: Path) -> None:
     assert lines(tmp_path / "valid.tgt")[0].startswith("i have planted several fruits trees , tomatoes , ja ##le ##pen ##os")
     assert lines(tmp_path / "valid.align")[0].startswith("0 0 0 0 5388241 0 0 3783008 820440")
     # copied as is (only CRLF -> LF)
-    raw = (KI / "test.seen.src").read_bytes().decode("utf-8").replace("\r\n", "\n")
+    raw = (ki / "test.seen.src").read_bytes().decode("utf-8").replace("\r\n", "\n")
     assert (tmp_path / "test_seen.src").read_text(encoding="utf-8") == raw
 
 
-@pytest.mark.skipif(not MINI.is_dir(), reason=f"WoW mini release not found at {MINI}")
-def test_real_mini(tmp_path: Path) -> None:
-    main(["--format", "mini", "--input", str(MINI), "--output", str(tmp_path)])
+def test_real_mini(shared_data: Path, tmp_path: Path) -> None:
+    mini = shared_data / "wow_mini"
+    main(["--format", "mini", "--input", str(mini), "--output", str(tmp_path)])
     stats = stats_of(tmp_path)
     assert stats["missing"] == []
     got = {s: (v["examples"], v["no_knowledge"], v["skipped"]) for s, v in stats["splits"].items()}

@@ -59,6 +59,7 @@ from typing import Any, Iterator, Sequence
 from tqdm import tqdm
 
 from data_prep.common import SPLITS, Example, SkipCounter, one_line, write_split, write_stats
+from informative_dialogue import text_io
 from informative_dialogue.cli import console_script, setup_logging
 from informative_dialogue.errors import CorpusError
 from data_prep.corpora.cmu_dog_source import CmuDogSource, documents_of, is_int
@@ -288,37 +289,39 @@ def main(argv: list[str] | None = None) -> dict:
     docs = documents_of(source)
     logger.info("%s: %d documents", args.input, len(docs))
     all_stats = {}
-    for split in args.splits:
-        examples, docids, stats = prepare_split(
-            source,
-            docs,
-            split,
-            context_turns=args.context_turns,
-            separator=args.separator,
-            merge_consecutive=args.merge_consecutive,
-            knowledge_only_if_seen=args.knowledge_only_if_seen,
-            lowercase=args.lowercase,
-            dedup=args.dedup,
-        )
-        if args.tokenizer != "none":
-            from data_prep.corpora.tokenize import tokenize_examples
+    # every file is staged and moved into --output only when all splits were written
+    with text_io.staged_directory(args.output) as stage:
+        for split in args.splits:
+            examples, docids, stats = prepare_split(
+                source,
+                docs,
+                split,
+                context_turns=args.context_turns,
+                separator=args.separator,
+                merge_consecutive=args.merge_consecutive,
+                knowledge_only_if_seen=args.knowledge_only_if_seen,
+                lowercase=args.lowercase,
+                dedup=args.dedup,
+            )
+            if args.tokenizer != "none":
+                from data_prep.corpora.tokenize import tokenize_examples
 
-            examples = tokenize_examples(examples, args.tokenizer, [args.separator])
-        write_split(args.output, split, examples)
-        write_docids(args.output, split, docids)
-        all_stats[split] = stats
-        logger.info(
-            "%s: %d conversations, %d turns (%d merged) -> %d pairs -> %d examples; skipped %s",
-            split,
-            stats["conversations"],
-            stats["raw_turns"],
-            stats["merged_turns"],
-            stats["pairs"],
-            stats["examples"],
-            stats["skipped"] or "none",
-        )
-    stats = {"corpus": "cmu_dog", "documents": len(docs), "options": vars(args), "splits": all_stats}
-    write_stats(args.output, stats)
+                examples = tokenize_examples(examples, args.tokenizer, [args.separator])
+            write_split(stage, split, examples)
+            write_docids(stage, split, docids)
+            all_stats[split] = stats
+            logger.info(
+                "%s: %d conversations, %d turns (%d merged) -> %d pairs -> %d examples; skipped %s",
+                split,
+                stats["conversations"],
+                stats["raw_turns"],
+                stats["merged_turns"],
+                stats["pairs"],
+                stats["examples"],
+                stats["skipped"] or "none",
+            )
+        stats = {"corpus": "cmu_dog", "documents": len(docs), "options": vars(args), "splits": all_stats}
+        write_stats(stage, stats)
     return stats
 
 

@@ -12,6 +12,7 @@ Modes:
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import zipfile
@@ -19,6 +20,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from data_prep.common import Example, SkipCounter, dedup_examples, one_line, write_split, write_stats
 from informative_dialogue.cli import console_script, setup_logging
@@ -32,9 +34,11 @@ OFFICIAL_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 
 def open_dialogues(data_dir: str, official_split: str) -> tuple[str, list[str]]:
     """Return (source description, lines) of ``dialogues_<split>.txt`` from the split's zip,
-    or from the unzipped folder when there is no zip.
+    or from the unzipped folder when there is no zip. Lines are split on ``\\n`` only
+    (:mod:`informative_dialogue.text_io`).
 
-    Raises CorpusError for a corrupt zip or one without the dialogues file.
+    Raises CorpusError for a corrupt zip, one without the dialogues file, bytes that are not
+    UTF-8 or a lone ``\\r`` (naming the line).
     """
     member = f"{official_split}/dialogues_{official_split}.txt"
     zip_path = os.path.join(data_dir, f"{official_split}.zip")
@@ -45,7 +49,7 @@ def open_dialogues(data_dir: str, official_split: str) -> tuple[str, list[str]]:
                 if not names:
                     raise CorpusError(zip_path, f"no member named {member!r} in the archive")
                 raw = zf.read(names[0])
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
             raise CorpusError(zip_path, f"not a valid zip archive ({exc})") from exc
         source = f"{zip_path}!{names[0]}"
     else:
@@ -55,11 +59,7 @@ def open_dialogues(data_dir: str, official_split: str) -> tuple[str, list[str]]:
         with open(plain, "rb") as f:
             raw = f.read()
         source = plain
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(source, f"not UTF-8 text ({exc})") from exc
-    return source, text.splitlines()
+    return source, list(text_io.iter_stream_lines(io.BytesIO(raw), source))
 
 
 def parse_dialogue(line: str, source: str, line_no: int) -> list[str]:
@@ -166,20 +166,24 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     all_stats = {}
-    for split in args.splits:
-        examples, stats = prepare_split(
-            args.input, split, args.context_turns, args.separator, args.lowercase, args.dedup,
-            args.max_dialogues,
-        )
-        if args.tokenizer != "none":
-            from data_prep.corpora.tokenize import tokenize_examples
+    # all splits and stats.json are staged and moved into --output together: a split that fails
+    # (e.g. a corrupt zip) leaves the previous output as it was, without a half-new mix
+    with text_io.staged_directory(args.output) as stage:
+        for split in args.splits:
+            examples, stats = prepare_split(
+                args.input, split, args.context_turns, args.separator, args.lowercase, args.dedup,
+                args.max_dialogues,
+            )
+            if args.tokenizer != "none":
+                from data_prep.corpora.tokenize import tokenize_examples
 
-            examples = tokenize_examples(examples, args.tokenizer, keep_tokens=[args.separator])
-        write_split(args.output, split, examples)
-        all_stats[split] = stats
-        logger.info("%s: %d dialogues -> %d pairs -> %d examples", split, stats["dialogues"], stats["pairs"], stats["examples"])
-    stats = {"corpus": "dailydialog", "options": vars(args), "splits": all_stats}
-    write_stats(args.output, stats)
+                examples = tokenize_examples(examples, args.tokenizer, keep_tokens=[args.separator])
+            write_split(stage, split, examples)
+            all_stats[split] = stats
+            logger.info("%s: %d dialogues -> %d pairs -> %d examples", split, stats["dialogues"], stats["pairs"],
+                        stats["examples"])
+        stats = {"corpus": "dailydialog", "options": vars(args), "splits": all_stats}
+        write_stats(stage, stats)
     return stats
 
 

@@ -6,6 +6,7 @@ import re
 import sys
 from typing import Sequence
 
+from informative_dialogue import text_io
 from informative_dialogue.cli import console_script, setup_logging
 
 SPM_SPACE = "\u2581"
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     setup_logging()
     detok = DETOKENIZERS[args.tokenizer]
-    fin = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
-    with fin:
-        for line in fin:
-            sys.stdout.write(detok(line.rstrip("\n")) + "\n")
+    # line-aligned input, read strictly: only \n ends a line (informative_dialogue.text_io)
+    lines = text_io.iter_stream_lines(sys.stdin.buffer, "<stdin>") if args.input == "-" else text_io.iter_lines(args.input)
+    for line in lines:
+        sys.stdout.write(detok(line) + "\n")
 
 
 cli = console_script(main)  # the console script: exit status 0 on success, 2 on input errors

@@ -40,6 +40,7 @@ from typing import Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import console_script, setup_logging
 from data_prep.common import one_line, write_stats
@@ -95,8 +96,8 @@ def _rows(path: str) -> Iterator[tuple[int, list[str]]]:
                     start = reader.line_num + 1
             except csv.Error as exc:
                 raise CorpusError(path, f"malformed CSV ({exc})", start) from exc
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, f"not UTF-8 text ({exc})") from exc
+    except UnicodeDecodeError:
+        raise text_io.not_utf8_error(path) from None  # names the line and column
 
 
 def read_stories(path: str | os.PathLike, max_stories: Optional[int] = None) -> tuple[list[Story], dict]:
@@ -230,28 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
-    """``prepare-rocstories``; returns the statistics it writes to ``stats.json``."""
-    args = build_parser().parse_args(argv)
+    """``prepare-rocstories``; returns the statistics it writes to ``stats.json``. Every output
+    file is staged and moved into ``--output`` only when all splits were written."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    files = _split_files(args.file)
+    try:
+        files = _split_files(args.file)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     splits = list(args.splits) if args.splits is not None else ([] if files and not args.input else list(DEFAULT_SPLITS))
     for split in splits:
         if split not in files:
             if not args.input:
-                raise SystemExit(f"prepare-rocstories: split {split!r} needs --input DIR or --file {split}=PATH")
+                parser.error(f"split {split!r} needs --input DIR or --file {split}=PATH")
             files[split] = find_split_file(args.input, split)
     if not files:
-        raise SystemExit("prepare-rocstories: nothing to do (give --input and/or --file)")
+        parser.error("nothing to do (give --input and/or --file)")
     all_stats: dict = {}
-    for split, path in files.items():
-        stories, stats = read_stories(path, args.max_stories)
-        if not stories:
-            raise CorpusError(path, "no stories")
-        stats["written"] = [os.path.basename(p) for p in write_stories(args.output, split, stories)]
-        all_stats[split] = stats
-        logger.info("%s: %d stories from %s (%d with an ending)", split, stats["stories"], path, stats["with_ending"])
-    result = {"corpus": "rocstories", "options": vars(args), "splits": all_stats}
-    write_stats(args.output, result)
+    with text_io.staged_directory(args.output) as stage:
+        for split, path in files.items():
+            stories, stats = read_stories(path, args.max_stories)
+            if not stories:
+                raise CorpusError(path, "no stories")
+            stats["written"] = [os.path.basename(p) for p in write_stories(stage, split, stories)]
+            all_stats[split] = stats
+            logger.info("%s: %d stories from %s (%d with an ending)", split, stats["stories"], path,
+                        stats["with_ending"])
+        result = {"corpus": "rocstories", "options": vars(args), "splits": all_stats}
+        write_stats(stage, result)
     return result
 
 

@@ -9,6 +9,13 @@ split (src + tgt) and encodes every split with it.
 
 Tokens listed in ``--keep-tokens`` (default: the ``__eou__`` turn separator) pass through
 as single tokens.
+
+Input files are line-aligned (line i of ``{split}.src``, ``.tgt`` and ``.knowledge`` is example
+i) and read strictly (:mod:`informative_dialogue.text_io`): only ``\\n`` ends a line, so a lone
+``\\r`` inside a line, bytes that are not UTF-8, or files of one split with different line counts
+are errors naming the file and line, before anything is written. Output goes to ``--output``
+all or nothing. Empty lines are kept (as empty output lines) and counted in
+``tokenize_stats.json``; see :func:`main`.
 """
 from __future__ import annotations
 
@@ -22,12 +29,15 @@ from typing import Iterable, Protocol, Sequence
 from tqdm import tqdm
 
 from data_prep.common import Example
+from informative_dialogue import text_io
 from informative_dialogue.cli import console_script, setup_logging
+from informative_dialogue.errors import CorpusError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP_TOKENS = ("__eou__",)
 FIELDS = ("src", "tgt", "knowledge")
+STATS_FILE = "tokenize_stats.json"
 
 
 class Tokenizer(Protocol):
@@ -166,6 +176,26 @@ def truncate_tokens(line: str, max_tokens: int | None, keep: str) -> str:
     return " ".join(tokens[-max_tokens:] if keep == "last" else tokens[:max_tokens])
 
 
+def tokenize_lines(
+    lines: Sequence[str],
+    tokenizer: Tokenizer,
+    keep_tokens: Sequence[str],
+    max_tokens: int | None = None,
+    keep: str = "last",
+    desc: str = "tokenise",
+) -> tuple[list[str], int]:
+    """Tokenise ``lines`` one by one (an empty line stays empty), truncating lines longer than
+    ``max_tokens`` (see ``truncate_tokens``). Returns (tokenised lines, truncated lines)."""
+    out: list[str] = []
+    truncated = 0
+    for line in tqdm(lines, desc=desc, unit="line"):
+        tokens = tokenize_line(line, tokenizer, keep_tokens)
+        cut = truncate_tokens(tokens, max_tokens, keep)
+        truncated += cut != tokens
+        out.append(cut)
+    return out, truncated
+
+
 def tokenize_file(
     in_path: str,
     out_path: str,
@@ -174,27 +204,50 @@ def tokenize_file(
     max_tokens: int | None = None,
     keep: str = "last",
 ) -> tuple[int, int]:
-    """Tokenise a text file line by line (empty lines stay empty), truncating lines longer than
-    ``max_tokens`` (see ``truncate_tokens``). Returns (lines, truncated lines)."""
-    n = truncated = 0
-    with open(in_path, encoding="utf-8") as fin, open(out_path, "w", encoding="utf-8") as fout:
-        for line in tqdm(fin, desc=os.path.basename(in_path), unit="line"):
-            tokens = tokenize_line(line.rstrip("\n"), tokenizer, keep_tokens)
-            cut = truncate_tokens(tokens, max_tokens, keep)
-            truncated += cut != tokens
-            fout.write(cut + "\n")
-            n += 1
-    return n, truncated
+    """Tokenise a line-aligned text file (read with :func:`informative_dialogue.text_io.read_lines`:
+    a lone ``\\r`` or non-UTF-8 bytes are a CorpusError naming the line) into ``out_path``, all
+    or nothing. Returns (lines, truncated lines)."""
+    lines = text_io.read_lines(in_path)
+    out, truncated = tokenize_lines(lines, tokenizer, keep_tokens, max_tokens, keep, os.path.basename(in_path))
+    text_io.write_text_atomic(out_path, out)
+    return len(out), truncated
 
 
 def corpus_files(input_dir: str) -> list[str]:
     """The ``{split}.{src,tgt,knowledge}`` files of a prepared folder, sorted."""
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"{input_dir}: no such folder")
     files = []
     for name in FIELDS:
         files.extend(glob.glob(os.path.join(input_dir, f"*.{name}")))
     if not files:
         raise FileNotFoundError(f"{input_dir}: no *.src / *.tgt / *.knowledge files to tokenise")
     return sorted(files)
+
+
+def read_corpus(files: Sequence[str]) -> dict[str, list[str]]:
+    """Every file's lines (strictly, :mod:`informative_dialogue.text_io`), checked to be
+    line-aligned: all files of a split (``{split}.src``, ``.tgt``, ``.knowledge``) must have the
+    same number of lines, else a CorpusError naming both files and both counts."""
+    lines = {path: text_io.read_lines(path) for path in files}
+    by_split: dict[str, list[str]] = {}
+    for path in files:
+        split = os.path.basename(path).rsplit(".", 1)[0]
+        by_split.setdefault(split, []).append(path)
+    for split, paths in by_split.items():
+        first = paths[0]
+        for other in paths[1:]:
+            if len(lines[other]) != len(lines[first]):
+                raise CorpusError(
+                    other, f"{len(lines[other])} lines but {first} has {len(lines[first])} (the files of split "
+                    f"{split!r} must be line-aligned)"
+                )
+    return lines
+
+
+def empty_line_numbers(lines: Sequence[str]) -> list[int]:
+    """1-based numbers of the blank lines (nothing but whitespace)."""
+    return [i for i, line in enumerate(lines, 1) if not line.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,36 +270,74 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """``tokenize-dialog``; returns per-file counts (also written to ``tokenize_stats.json``).
+
+    Every input file is read and checked first (line-aligned UTF-8, see :func:`read_corpus`);
+    the outputs (tokenised files, the sentencepiece model, copies of the other files,
+    ``tokenize_stats.json``) are staged and moved into ``--output`` only when all were written,
+    so a failure leaves an earlier output as it was.
+
+    Empty lines are kept, one output line per input line (dropping one would shift every later
+    pair against its partner files), and counted: ``empty`` per file in ``tokenize_stats.json``
+    (blank input lines) and ``empty_after_tokenization`` (lines the tokeniser turned into nothing),
+    with a warning naming the first such line of every ``.src`` / ``.tgt`` file (an empty
+    knowledge line is the normal "no knowledge" and is only counted).
+    """
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    os.makedirs(args.output, exist_ok=True)
     files = corpus_files(args.input)
-    if args.tokenizer == "spm" and not args.spm_model:
-        train_files = [os.path.join(args.input, f"{args.train_split}.{n}") for n in ("src", "tgt")]
-        missing = [f for f in train_files if not os.path.exists(f)]
-        if missing:
-            raise FileNotFoundError(f"cannot train sentencepiece: missing {missing}")
-        lines = [l.rstrip("\n") for f in train_files for l in open(f, encoding="utf-8") if l.strip()]
-        args.spm_model = os.path.join(args.output, "spm.model")
-        SentencePiece.train(lines, args.spm_model[: -len(".model")], args.spm_vocab_size, args.keep_tokens, args.spm_model_type)
-        logger.info("trained sentencepiece model %s on %d lines", args.spm_model, len(lines))
-    tokenizer = build_tokenizer(args.tokenizer, args.bert_vocab, args.spm_model)
-    counts = {}
-    for path in files:
-        if path.endswith(".src"):
-            limit, keep = args.max_src_tokens, "last"
-        elif path.endswith(".knowledge"):
-            limit, keep = args.max_knowledge_tokens, "first"
-        else:
-            limit, keep = None, "first"
-        n, cut = tokenize_file(path, os.path.join(args.output, os.path.basename(path)), tokenizer,
-                               args.keep_tokens, limit, keep)
-        logger.info("%s: %d lines, %d truncated to %s tokens", path, n, cut, limit)
-        counts[os.path.basename(path)] = {"lines": n, "truncated": cut}
-    for path in glob.glob(os.path.join(args.input, "*")):
-        name = os.path.basename(path)
-        if os.path.isfile(path) and path not in files and not os.path.exists(os.path.join(args.output, name)):
-            shutil.copy(path, os.path.join(args.output, name))
+    lines = read_corpus(files)  # every input checked before anything is written
+    counts: dict[str, dict] = {}
+    with text_io.staged_directory(args.output) as stage:
+        spm_model: str | None = args.spm_model
+        if args.tokenizer == "spm" and not spm_model:
+            train_files = [os.path.join(args.input, f"{args.train_split}.{n}") for n in ("src", "tgt")]
+            missing = [f for f in train_files if f not in lines]
+            if missing:
+                raise FileNotFoundError(f"cannot train sentencepiece: missing {missing}")
+            train_lines = [line for f in train_files for line in lines[f] if line.strip()]
+            spm_model = os.path.join(stage, "spm.model")
+            SentencePiece.train(train_lines, spm_model[: -len(".model")], args.spm_vocab_size, args.keep_tokens,
+                                args.spm_model_type)
+            logger.info("trained sentencepiece model %s on %d lines", os.path.join(args.output, "spm.model"),
+                        len(train_lines))
+        tokenizer = build_tokenizer(args.tokenizer, args.bert_vocab, spm_model)
+        for path in files:
+            name = os.path.basename(path)
+            if path.endswith(".src"):
+                limit, keep = args.max_src_tokens, "last"
+            elif path.endswith(".knowledge"):
+                limit, keep = args.max_knowledge_tokens, "first"
+            else:
+                limit, keep = None, "first"
+            out, cut = tokenize_lines(lines[path], tokenizer, args.keep_tokens, limit, keep, name)
+            with open(os.path.join(stage, name), "w", encoding="utf-8", newline="\n") as f:
+                f.writelines(line + "\n" for line in out)
+            empty = empty_line_numbers(lines[path])
+            emptied = [i for i in empty_line_numbers(out) if lines[path][i - 1].strip()]
+            counts[name] = {"lines": len(out), "truncated": cut, "empty": len(empty),
+                            "empty_after_tokenization": len(emptied)}
+            logger.info("%s: %d lines, %d truncated to %s tokens, %d empty", path, len(out), cut, limit,
+                        len(empty) + len(emptied))
+            if not path.endswith(".knowledge") and (empty or emptied):
+                logger.warning(
+                    "%s: %d empty line(s) kept as empty lines (first: line %d)%s; counted in tokenize_stats.json",
+                    path, len(empty) + len(emptied), min(empty + emptied),
+                    f", {len(emptied)} of them emptied by the tokeniser" if emptied else "",
+                )
+        for path in glob.glob(os.path.join(args.input, "*")):
+            name = os.path.basename(path)
+            if os.path.isfile(path) and path not in lines and not os.path.exists(os.path.join(args.output, name)) \
+                    and not os.path.exists(os.path.join(stage, name)):
+                shutil.copy(path, os.path.join(stage, name))
+        trained = spm_model is not None and args.spm_model is None
+        stats = {
+            "input": os.path.abspath(args.input),
+            "tokenizer": args.tokenizer,
+            "spm_model": os.path.abspath(os.path.join(args.output, "spm.model")) if trained else args.spm_model,
+            "files": counts,
+        }
+        text_io.write_json_atomic(os.path.join(stage, STATS_FILE), stats)
     return counts
 
 

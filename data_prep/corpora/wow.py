@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
+from informative_dialogue.ki.alignment_text import is_knowledge_id
 from data_prep.common import Example, SkipCounter, dedup_examples, one_line, write_split, write_stats
 from informative_dialogue.cli import console_script, setup_logging
 
@@ -46,14 +48,11 @@ NO_FACT = "no_fact"
 
 
 def read_lines(path: str) -> list[str]:
-    """Lines of a UTF-8 text file, split on ``\\n`` only (a stray ``\\r`` at a line end is
-    removed, other characters such as U+2028 stay inside their line, so line numbers agree
-    with ``wc -l``)."""
-    try:
-        with open(path, encoding="utf-8", newline="\n") as f:
-            return [line.rstrip("\n").rstrip("\r") for line in f]
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, f"not UTF-8 text ({exc})") from exc
+    """Lines of a UTF-8 text file, split on ``\\n`` only (a ``\\r`` before it, as in the release's
+    CRLF files, is removed; other characters such as U+2028 stay inside their line, so line
+    numbers agree with ``wc -l``). A lone ``\\r`` inside a line or bytes that are not UTF-8 are a
+    CorpusError naming the file and line (:mod:`informative_dialogue.text_io`)."""
+    return text_io.read_lines(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,8 +74,10 @@ def parse_voken_line(voken: str, src: str, path: str, line_no: int, src_path: st
     single spaces."""
     ids = voken.split()
     for tok in ids:
-        if not tok.isdigit():
-            raise CorpusError(path, f"expected non-negative integer knowledge ids, got {tok!r}", line_no)
+        if not is_knowledge_id(tok):
+            raise CorpusError(
+                path, f"expected non-negative integer knowledge ids, got {tok!r} (ASCII digits 0-9 only)", line_no
+            )
     n_src = len(src.split())
     if len(ids) != n_src:
         raise CorpusError(
@@ -135,8 +136,8 @@ def prepare_ki_split(input_dir: str, name: str) -> KiSplit | None:
     return KiSplit(examples, align, stats)
 
 
-def run_ki(args: argparse.Namespace) -> dict:
-    """Convert the KI release; returns the stats for stats.json."""
+def run_ki(args: argparse.Namespace, out_dir: str) -> dict:
+    """Convert the KI release, writing into ``out_dir``; returns the stats for stats.json."""
     splits: dict[str, dict] = {}
     missing: list[str] = []
     for name, out_name in KI_SPLITS.items():
@@ -144,9 +145,9 @@ def run_ki(args: argparse.Namespace) -> dict:
         if result is None:
             missing.append(name)
             continue
-        write_split(args.output, out_name, result.examples)
+        write_split(out_dir, out_name, result.examples)
         if result.align is not None:
-            with open(os.path.join(args.output, f"{out_name}.align"), "w", encoding="utf-8") as f:
+            with open(os.path.join(out_dir, f"{out_name}.align"), "w", encoding="utf-8") as f:
                 for line in result.align:
                     f.write(line + "\n")
         splits[out_name] = result.stats
@@ -277,8 +278,8 @@ def prepare_mini_split(
     return examples, stats
 
 
-def run_mini(args: argparse.Namespace) -> dict:
-    """Convert the mini release; returns the stats for stats.json."""
+def run_mini(args: argparse.Namespace, out_dir: str) -> dict:
+    """Convert the mini release, writing into ``out_dir``; returns the stats for stats.json."""
     splits: dict[str, dict] = {}
     missing: list[str] = []
     for split in MINI_SPLITS:
@@ -291,7 +292,7 @@ def run_mini(args: argparse.Namespace) -> dict:
             from data_prep.corpora.tokenize import tokenize_examples
 
             examples = tokenize_examples(examples, args.tokenizer, keep_tokens=[args.knowledge_separator])
-        write_split(args.output, split, examples)
+        write_split(out_dir, split, examples)
         splits[split] = stats
         logger.info(
             "%s: %d pairs -> %d examples (%d without knowledge); skipped %s",
@@ -353,9 +354,11 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(args.verbose)
     if not os.path.isdir(args.input):
         raise FileNotFoundError(f"{args.input}: not a directory")
-    stats = run_ki(args) if args.format == "ki" else run_mini(args)
-    stats = {"corpus": f"wow_{args.format}", "options": vars(args), **stats}
-    write_stats(args.output, stats)
+    # every file is staged and moved into --output only when all were written
+    with text_io.staged_directory(args.output) as stage:
+        stats = run_ki(args, stage) if args.format == "ki" else run_mini(args, stage)
+        stats = {"corpus": f"wow_{args.format}", "options": vars(args), **stats}
+        write_stats(stage, stats)
     return stats
 
 

@@ -2,7 +2,8 @@
 
 Input: an alignment file (``informative_dialogue.ki.alignment_text`` format: one knowledge id per source
 token, ``0`` = none) and its tokenised source file. Output: an alignment file of exactly the
-same shape (same lines, same number of ids per line) and ``OUT.stats.json``.
+same shape (same lines, same number of ids per line) and ``OUT.stats.json``, written together
+or not at all (:class:`informative_dialogue.text_io.OutputSet`).
 
 Modes:
 
@@ -34,7 +35,10 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from informative_dialogue.ki.alignment_text import SUBWORD_FORMATS, iter_lines, read_alignments, words_of, write_alignments
+from informative_dialogue.ki.alignment_text import (
+    SUBWORD_FORMATS, format_alignment_line, iter_lines, read_alignments, words_of,
+)
+from informative_dialogue.text_io import OutputSet
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import setup_logging, console_script
 from data_prep.ki.knowledge_base import count_knowledge_items
@@ -249,15 +253,17 @@ def main(argv: list[str] | None = None) -> dict:
     out = transform_alignments(rows, args.mode, token_lines, n_items, args.seed, args.scope, nlp,
                                args.subword_format, args.batch_size)
     assert [len(r) for r in out] == [len(r) for r in rows]
-    write_alignments(args.output, out)
     stats: dict[str, Any] = {"mode": args.mode, "scope": args.scope, "seed": args.seed, "n_items": n_items}
     stats.update(alignment_stats(rows, out))
     if args.mode not in ("random", "sentence"):
         stats["scope"] = None
     if args.mode != "random":
         stats["seed"] = None
-    with open(os.fspath(args.output) + ".stats.json", "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2, sort_keys=True)
+    with OutputSet() as outputs:  # OUTPUT and OUTPUT.stats.json, both or neither
+        with open(outputs.path(args.output), "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(format_alignment_line(row) + "\n" for row in out)
+        with open(outputs.path(os.fspath(args.output) + ".stats.json"), "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2, sort_keys=True)
     logger.info("wrote %d lines to %s; tokens with knowledge %d -> %d", len(out), args.output,
                 stats["tokens_with_knowledge_before"], stats["tokens_with_knowledge_after"])
     return stats

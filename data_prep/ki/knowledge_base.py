@@ -34,8 +34,10 @@ from typing import Collection, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
-from data_prep.common import SkipCounter, one_line, write_stats
+from informative_dialogue.text_io import OutputSet
+from data_prep.common import SkipCounter, dump_stats, one_line
 from informative_dialogue.cli import setup_logging, console_script
 from data_prep.ki.knowledge_sources import (
     TITLE_SEP, KnowledgeItem, cmu_dog_items,
@@ -129,7 +131,8 @@ def write_knowledge_base(
     dedup: bool = True,
     skips: SkipCounter | None = None,
 ) -> dict:
-    """Write ``items.tsv`` (ids 1..N in input order) and ``stats.json`` under ``out_dir``.
+    """Write ``items.tsv`` (ids 1..N in input order) and ``stats.json`` under ``out_dir``, both or
+    neither (a failure while reading the sources leaves an earlier knowledge base as it was).
 
     Fields are whitespace-normalised; an item with an empty field is skipped, and with
     ``dedup`` a repeated ``(title, text)`` pair is skipped (both counted). ``skips`` may carry
@@ -142,8 +145,8 @@ def write_knowledge_base(
     text_chars: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()
     n = 0
-    tmp_path = os.path.join(out_dir, ITEMS_FILE + ".tmp")
-    with open(tmp_path, "w", encoding="utf-8", newline="\n") as f:
+    outputs = OutputSet()  # items.tsv and stats.json move into out_dir together, or neither
+    with outputs, open(outputs.path(os.path.join(out_dir, ITEMS_FILE)), "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(HEADER) + "\n")
         for item in tqdm(items, desc="knowledge items", unit="item", mininterval=2.0):
             source, title, text = one_line(item.source), one_line(item.title), one_line(item.text)
@@ -161,8 +164,14 @@ def write_knowledge_base(
             f.write(f"{n}\t{source}\t{title}\t{text}\n")
             written[source] += 1
             text_chars[source] += len(text)
-    os.replace(tmp_path, os.path.join(out_dir, ITEMS_FILE))
-    stats = {
+        stats = _stats(n, dedup, read, written, text_chars, skips)
+        dump_stats(outputs.path(os.path.join(out_dir, "stats.json")), stats)
+    return stats
+
+
+def _stats(n: int, dedup: bool, read: Counter, written: Counter, text_chars: Counter, skips: SkipCounter) -> dict:
+    """The stats.json of a knowledge base."""
+    return {
         "items": n,
         "dedup": dedup,
         "sources": {
@@ -176,8 +185,6 @@ def write_knowledge_base(
         "skipped": dict(skips.counts),
         "avg_text_chars": round(sum(text_chars.values()) / n, 2) if n else 0.0,
     }
-    write_stats(out_dir, stats)
-    return stats
 
 
 def _items_path(path_or_dir: str | os.PathLike) -> str:
@@ -198,24 +205,24 @@ def load_knowledge_base(path_or_dir: str | os.PathLike) -> KnowledgeBase:
     sources: list[str] = []
     titles: list[str] = []
     texts: list[str] = []
-    with open(path, encoding="utf-8", newline="\n") as f:
-        _check_header(f.readline(), path)
-        for line_no, line in enumerate(f, 2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 4:
-                raise CorpusError(
-                    path, f"expected 4 tab-separated fields (id, source, title, text), got {len(fields)}", line_no
-                )
-            expected_id = line_no - 1
-            if fields[0] != str(expected_id):
-                raise CorpusError(
-                    path, f"expected id {expected_id} (ids are 1..N in order), got {fields[0]!r}", line_no
-                )
-            if not all(fields[1:]):
-                raise CorpusError(path, "empty source, title or text", line_no)
-            sources.append(fields[1])
-            titles.append(fields[2])
-            texts.append(fields[3])
+    lines = text_io.iter_lines(path)  # split on \n only, UTF-8; errors name the line
+    _check_header(next(lines, ""), path)
+    for line_no, line in enumerate(lines, 2):
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise CorpusError(
+                path, f"expected 4 tab-separated fields (id, source, title, text), got {len(fields)}", line_no
+            )
+        expected_id = line_no - 1
+        if fields[0] != str(expected_id):
+            raise CorpusError(
+                path, f"expected id {expected_id} (ids are 1..N in order), got {fields[0]!r}", line_no
+            )
+        if not all(fields[1:]):
+            raise CorpusError(path, "empty source, title or text", line_no)
+        sources.append(fields[1])
+        titles.append(fields[2])
+        texts.append(fields[3])
     return KnowledgeBase(np.arange(1, len(texts) + 1, dtype=np.int64), sources, titles, texts)
 
 
@@ -225,11 +232,11 @@ def count_knowledge_items(path_or_dir: str | os.PathLike) -> int:
     path = _items_path(path_or_dir)
     n = 0
     last = ""
-    with open(path, encoding="utf-8", newline="\n") as f:
-        _check_header(f.readline(), path)
-        for line in f:
-            n += 1
-            last = line
+    lines = text_io.iter_lines(path)
+    _check_header(next(lines, ""), path)
+    for line in lines:
+        n += 1
+        last = line
     if n and last.split("\t", 1)[0] != str(n):
         raise CorpusError(path, f"the last line's id should be {n} (ids are 1..N in order)", n + 1)
     return n

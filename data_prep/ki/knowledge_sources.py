@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from data_prep.corpora.cmu_dog_source import CmuDogSource, documents_of
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from data_prep.common import SkipCounter, one_line
 from data_prep.ki.first_sentence import first_sentence
@@ -74,6 +75,21 @@ def _open_text(path: str | os.PathLike):
     return open(path, encoding="utf-8")
 
 
+def _open_binary(path: str | os.PathLike):
+    path = os.fspath(path)
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _iter_text_lines(path: str) -> Iterator[str]:
+    """The lines of a (gzipped) UTF-8 text file, split on ``\\n`` only; a lone ``\\r`` or
+    non-UTF-8 bytes are a CorpusError naming the file and line (:mod:`informative_dialogue.text_io`)."""
+    try:
+        with _open_binary(path) as f:
+            yield from text_io.iter_stream_lines(f, path)
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise CorpusError(path, f"not a readable gzip file ({exc})") from exc
+
+
 def _skip(skips: SkipCounter | None, reason: str, where: str) -> None:
     """Count a skip in ``skips`` (logged once per reason); without a counter, log at debug."""
     if skips is not None:
@@ -92,7 +108,10 @@ def wiki_summaries_items(path: str | os.PathLike, skips: SkipCounter | None = No
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise CorpusError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from exc
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+    except UnicodeDecodeError:
+        with _open_binary(path) as raw:
+            raise text_io.not_utf8_error(path, raw) from None  # names the line and column
+    except (OSError, EOFError) as exc:
         raise CorpusError(path, f"not a readable UTF-8 (gzip) JSON file ({exc})") from exc
     if not isinstance(data, dict):
         raise CorpusError(path, f"expected a JSON object {{title: article}}, got {type(data).__name__}")
@@ -124,23 +143,22 @@ def wiki_jsonl_items(path: str | os.PathLike, skips: SkipCounter | None = None) 
     JSON-lines file (``.gz`` allowed). Blank lines are skipped; a malformed line raises
     CorpusError with its line number."""
     path = os.fspath(path)
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj: Any = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(path, f"invalid JSON ({exc.msg}, column {exc.colno}); expected "
-                                  '{"title": ..., "text": ...}', line_no) from exc
-            if not isinstance(obj, dict):
-                raise CorpusError(path, f"expected a JSON object, got {type(obj).__name__}", line_no)
-            title, text = obj.get("title"), obj.get("text")
-            if not isinstance(title, str) or not isinstance(text, str):
-                raise CorpusError(path, "expected string fields 'title' and 'text'", line_no)
-            item = _wikipedia_item(title, text, skips, f"{path}:{line_no}")
-            if item is not None:
-                yield item
+    for line_no, line in enumerate(_iter_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            obj: Any = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(path, f"invalid JSON ({exc.msg}, column {exc.colno}); expected "
+                              '{"title": ..., "text": ...}', line_no) from exc
+        if not isinstance(obj, dict):
+            raise CorpusError(path, f"expected a JSON object, got {type(obj).__name__}", line_no)
+        title, text = obj.get("title"), obj.get("text")
+        if not isinstance(title, str) or not isinstance(text, str):
+            raise CorpusError(path, "expected string fields 'title' and 'text'", line_no)
+        item = _wikipedia_item(title, text, skips, f"{path}:{line_no}")
+        if item is not None:
+            yield item
 
 
 _ADJ_MARKER_RE = re.compile(r"\((?:a|p|ip)\)$")
@@ -195,14 +213,12 @@ def wordnet_items(
         raise CorpusError(directory, f"missing WordNet data files {missing} (expected {list(WORDNET_FILES)})")
     for name in WORDNET_FILES:
         path = os.path.join(directory, name)
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.startswith("  "):
-                    continue
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                yield parse_wordnet_line(line, path, line_no, with_examples)
+        for line_no, line in enumerate(_iter_text_lines(path), 1):
+            if line.startswith("  "):
+                continue
+            if not line.strip():
+                continue
+            yield parse_wordnet_line(line, path, line_no, with_examples)
 
 
 def _movie_names(source: CmuDogSource) -> dict[int, str]:
@@ -244,24 +260,22 @@ def wow_mini_items(directory: str | os.PathLike, skips: SkipCounter | None = Non
         raise CorpusError(directory, f"no {{{','.join(WOW_SPLITS)}}}.sent_fact.txt files")
     seen: set[str] = set()
     for path in present:
-        with open(path, encoding="utf-8", newline="\n") as f:
-            for line_no, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
+        for line_no, line in enumerate(_iter_text_lines(path), 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2 or not fields[0].strip().isdigit():
+                raise CorpusError(path, "expected 'idx<TAB>sentence<TAB>...' or 'idx<TAB>no_fact'", line_no)
+            sentences = fields[1:]
+            if [s.strip() for s in sentences] == ["no_fact"]:
+                continue
+            for sentence in sentences:
+                sentence = one_line(sentence)
+                if not sentence:
+                    _skip(skips, "wow: empty knowledge sentence", f"{path}:{line_no}")
                     continue
-                fields = line.split("\t")
-                if len(fields) < 2 or not fields[0].strip().isdigit():
-                    raise CorpusError(path, "expected 'idx<TAB>sentence<TAB>...' or 'idx<TAB>no_fact'", line_no)
-                sentences = fields[1:]
-                if [s.strip() for s in sentences] == ["no_fact"]:
+                if sentence in seen:
+                    _skip(skips, "wow: repeated knowledge sentence", f"{path}:{line_no}")
                     continue
-                for sentence in sentences:
-                    sentence = one_line(sentence)
-                    if not sentence:
-                        _skip(skips, "wow: empty knowledge sentence", f"{path}:{line_no}")
-                        continue
-                    if sentence in seen:
-                        _skip(skips, "wow: repeated knowledge sentence", f"{path}:{line_no}")
-                        continue
-                    seen.add(sentence)
-                    yield KnowledgeItem("wow", " ".join(sentence.split()[:WOW_TITLE_WORDS]), sentence)
+                seen.add(sentence)
+                yield KnowledgeItem("wow", " ".join(sentence.split()[:WOW_TITLE_WORDS]), sentence)

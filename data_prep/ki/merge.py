@@ -3,9 +3,11 @@
 ``ki-merge-alignments --output PREFIX.align --num-shards N [--source FILE.src]`` checks that
 every shard ``PREFIX.shard{I}of{N}`` is complete per its progress file (same source, index and
 options in all shards; contiguous line ranges that add up to the source; align file size equal
-to the recorded byte offset), concatenates them in order into ``PREFIX.align`` (written to a
-temporary file, then renamed), validates one id per token with
-``alignment_text.read_alignments(align, source)`` and writes ``PREFIX.align.stats.json``:
+to the recorded byte offset), validates every shard line against its source line (one id per
+token; errors name the shard file and line and the source line), concatenates the shards in
+order into ``PREFIX.align`` and writes ``PREFIX.align.stats.json``. Both are staged and moved
+into place together (:class:`informative_dialogue.text_io.OutputSet`): a failure leaves an
+earlier ``PREFIX.align`` and its stats as they were. The stats:
 
 - the summed shard counts and shares (``share_tokens_with_knowledge`` over all tokens,
   ``share_content_tokens_with_knowledge``: content tokens (neither stopwords/punctuation by
@@ -29,10 +31,11 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from informative_dialogue.ki.alignment_text import read_alignments, read_text_lines
+from informative_dialogue.ki.alignment_text import parse_alignment_line, read_text_lines
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import setup_logging, console_script
-from data_prep.ki.shards import COUNT_KEYS, shard_paths, strip_prefix, summarize, write_json_atomic
+from informative_dialogue.text_io import OutputSet
+from data_prep.ki.shards import COUNT_KEYS, shard_paths, strip_prefix, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -117,15 +120,16 @@ def merge_shards(output: str, num_shards: int, source: str | None = None, progre
         raise FileNotFoundError(f"{source}: source file not found (pass --source)")
     if file_sha256(source) != recorded["sha256"]:
         raise ValueError(f"{source}: differs from the source the shards were mined from ({recorded['path']})")
-    tmp = out_path + ".tmp"
-    with open(tmp, "wb") as out:
-        for path in files:
-            with open(path, "rb") as f:
-                while block := f.read(1 << 22):
-                    out.write(block)
-    os.replace(tmp, out_path)
-    rows = read_alignments(out_path, source)
     source_lines = read_text_lines(source)
+    rows: list[np.ndarray] = []
+    for st, path in zip(states, files):
+        shard_lines = read_text_lines(path)
+        expected = st["end_line"] - st["start_line"]
+        if len(shard_lines) != expected:
+            raise CorpusError(path, f"{len(shard_lines)} lines but its progress file records {expected}")
+        for j, line in enumerate(shard_lines):
+            src_no = st["start_line"] + j  # 0-based line of the source
+            rows.append(parse_alignment_line(line, path, j + 1, len(source_lines[src_no].split()), source, src_no + 1))
     counts = {k: sum(st["counts"].get(k, 0) for st in states) for k in COUNT_KEYS}
     if counts["lines"] != len(rows) or counts["tokens"] != sum(len(r) for r in rows):
         raise ValueError(f"shard counts ({counts['lines']} lines, {counts['tokens']} tokens) do not add up to {out_path}")
@@ -139,7 +143,14 @@ def merge_shards(output: str, num_shards: int, source: str | None = None, progre
         "mining_seconds": sum(st.get("elapsed_s", 0.0) for st in states),
         "options": states[0]["options"],
     }
-    write_json_atomic(out_path + ".stats.json", stats)
+    with OutputSet() as out:  # PREFIX.align and its stats, both or neither
+        with open(out.path(out_path), "wb") as merged:
+            for path in files:
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 22):
+                        merged.write(block)
+        with open(out.path(out_path + ".stats.json"), "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2, sort_keys=True)
     logger.info(
         "merged %d shard(s) -> %s: %d lines, %d tokens, %.1f%% with knowledge (%.1f%% of content tokens); "
         "%.2f items per token type, %.2f per sentence, %d distinct items",

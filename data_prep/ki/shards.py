@@ -4,9 +4,10 @@ atomically, and the check that a shard may resume (same source content, index an
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Mapping
+
+from informative_dialogue import text_io
 
 COUNT_KEYS = (
     "lines",
@@ -59,13 +60,9 @@ def source_fingerprint(path: str | os.PathLike, n_lines: int) -> dict:
 
 
 def write_json_atomic(path: str, obj: dict) -> None:
-    """Write JSON to ``path + '.tmp'``, fsync, rename over ``path``."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON to ``path`` all or nothing (:func:`informative_dialogue.text_io.write_json_atomic`:
+    a temporary file beside it, flushed to disk, renamed over ``path``)."""
+    text_io.write_json_atomic(path, obj)
 
 
 RECORD_KEYS = ("format", "source", "index", "options", "num_shards", "shard_id", "start_line", "end_line")

@@ -43,8 +43,10 @@ from typing import Any, Optional, Sequence
 
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import console_script, setup_logging
+from informative_dialogue.text_io import OutputSet
 from data_prep.kid.collection import Passage, add_collection_arguments, collection_from_args, index_by_id
 from data_prep.kid.retrieve import read_contexts
 from data_prep.kid.triples import DEFAULT_SPACY_MODEL, Triple, extract_triples_batch, load_spacy
@@ -68,33 +70,32 @@ def read_retrieval(path: str | os.PathLike, passages: dict[str, Passage], top_k:
     """Passage ids per example from a ``kid-retrieve`` JSONL (first ``top_k`` if > 0).
 
     CorpusError (file + line) on invalid JSON, a ``line`` field out of step with the line
-    number, or a passage id that is not in the collection.
+    number, a passage id that is not in the collection, a lone ``\\r`` or non-UTF-8 bytes.
     """
     path = os.fspath(path)
     out: list[list[str]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f):
-            line_no = n + 1
-            if not raw.strip():
-                raise CorpusError(path, "empty line (one JSON object per example)", line_no)
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line_no) from exc
-            if not isinstance(rec, dict) or not isinstance(rec.get("passages"), list):
-                raise CorpusError(path, "expected {\"line\": i, \"passages\": [{\"id\", \"score\"}, ...]}", line_no)
-            if rec.get("line", n) != n:
-                raise CorpusError(path, f"'line' is {rec.get('line')!r}, expected {n} (the 0-based line number)", line_no)
-            ids = []
-            for hit in rec["passages"]:
-                pid = hit.get("id") if isinstance(hit, dict) else None
-                if pid is None:
-                    raise CorpusError(path, "every passage needs an 'id'", line_no)
-                pid = str(pid)
-                if pid not in passages:
-                    raise CorpusError(path, f"passage id {pid!r} is not in the collection", line_no)
-                ids.append(pid)
-            out.append(ids[:top_k] if top_k > 0 else ids)
+    for n, raw in enumerate(text_io.iter_lines(path)):  # split on \n only: line i = example i
+        line_no = n + 1
+        if not raw.strip():
+            raise CorpusError(path, "empty line (one JSON object per example)", line_no)
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line_no) from exc
+        if not isinstance(rec, dict) or not isinstance(rec.get("passages"), list):
+            raise CorpusError(path, "expected {\"line\": i, \"passages\": [{\"id\", \"score\"}, ...]}", line_no)
+        if rec.get("line", n) != n:
+            raise CorpusError(path, f"'line' is {rec.get('line')!r}, expected {n} (the 0-based line number)", line_no)
+        ids = []
+        for hit in rec["passages"]:
+            pid = hit.get("id") if isinstance(hit, dict) else None
+            if pid is None:
+                raise CorpusError(path, "every passage needs an 'id'", line_no)
+            pid = str(pid)
+            if pid not in passages:
+                raise CorpusError(path, f"passage id {pid!r} is not in the collection", line_no)
+            ids.append(pid)
+        out.append(ids[:top_k] if top_k > 0 else ids)
     return out
 
 
@@ -121,16 +122,15 @@ def passage_triples(
     wanted = list(dict.fromkeys(ids))
     triples: dict[str, list[Triple]] = {}
     if cache_path and os.path.exists(cache_path):
-        with open(cache_path, encoding="utf-8") as f:
-            for line_no, raw in enumerate(f, 1):
-                try:
-                    rec = json.loads(raw)
-                    pid, h, trs = rec["id"], rec["hash"], rec["triples"]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise CorpusError(cache_path, f"bad triples-cache line ({exc}); delete the file", line_no) from exc
-                p = passages.get(pid)
-                if p is not None and _text_hash(p) == h:
-                    triples[pid] = [tuple(t) for t in trs]  # type: ignore[misc]
+        for line_no, raw in enumerate(text_io.iter_lines(cache_path), 1):
+            try:
+                rec = json.loads(raw)
+                pid, h, trs = rec["id"], rec["hash"], rec["triples"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CorpusError(cache_path, f"bad triples-cache line ({exc}); delete the file", line_no) from exc
+            p = passages.get(pid)
+            if p is not None and _text_hash(p) == h:
+                triples[pid] = [tuple(t) for t in trs]  # type: ignore[misc]
         logger.info("triples cache %s: %d of %d passages found", cache_path, sum(p in triples for p in wanted), len(wanted))
     todo = [pid for pid in wanted if pid not in triples]
     if todo:
@@ -253,35 +253,36 @@ def main(argv: Optional[list[str]] = None, nlp: Any = None) -> dict:
     entities: list[Optional[list[str]]] = [None] * len(tries)
     if contexts is not None:
         entities = list(entities_batch(contexts, nlp))
-    size = save_jsonl(args.output, list(zip(tries, entities)))
-    per = [t.stats() for t in tries]
-    stats: dict[str, Any] = {
-        "retrieval": args.retrieval,
-        "collection": args.collection,
-        "examples": len(tries),
-        "no_passages": sum(1 for ids in retrieved if not ids),
-        "no_triples": sum(1 for ids in retrieved if ids and not any(triples[p] for p in ids)),
-        "empty_tries": sum(1 for t in tries if t.is_empty()),
-        "distinct_passages": len(set(all_ids)),
-        "passages_parsed": parsed,
-        "passage_triples_mean": (sum(len(triples[p]) for p in set(all_ids)) / max(len(set(all_ids)), 1)),
-        "keys_total": size["keys_total"],
-        "keys_mean": size["keys_mean"],
-        "keys_max": max((p["keys"] for p in per), default=0),
-        "values_mean": sum(p["values"] for p in per) / max(len(per), 1),
-        "value_words_mean": size["value_words_mean"],
-        "links_total": sum(p["links"] for p in per),
-        "links_mean": sum(p["links"] for p in per) / max(len(per), 1),
-        "max_depth": size["max_depth"],
-        "mean_depth": sum(p["mean_depth"] for p in per) / max(len(per), 1),
-        "entities_mean": (sum(len(e) for e in entities if e is not None) / len(entities)) if contexts else None,
-        "bytes": size["bytes"],
-        "parse_seconds": round(t_parse - t0, 3),
-        "total_seconds": round(time.time() - t0, 3),
-    }
-    stats_path = args.stats or f"{args.output}.stats.json"
-    with open(stats_path, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2, sort_keys=True)
+    with OutputSet() as outputs:  # the trie file and its stats move into place together, or neither
+        size = save_jsonl(outputs.path(args.output), list(zip(tries, entities)))
+        per = [t.stats() for t in tries]
+        stats: dict[str, Any] = {
+            "retrieval": args.retrieval,
+            "collection": args.collection,
+            "examples": len(tries),
+            "no_passages": sum(1 for ids in retrieved if not ids),
+            "no_triples": sum(1 for ids in retrieved if ids and not any(triples[p] for p in ids)),
+            "empty_tries": sum(1 for t in tries if t.is_empty()),
+            "distinct_passages": len(set(all_ids)),
+            "passages_parsed": parsed,
+            "passage_triples_mean": (sum(len(triples[p]) for p in set(all_ids)) / max(len(set(all_ids)), 1)),
+            "keys_total": size["keys_total"],
+            "keys_mean": size["keys_mean"],
+            "keys_max": max((p["keys"] for p in per), default=0),
+            "values_mean": sum(p["values"] for p in per) / max(len(per), 1),
+            "value_words_mean": size["value_words_mean"],
+            "links_total": sum(p["links"] for p in per),
+            "links_mean": sum(p["links"] for p in per) / max(len(per), 1),
+            "max_depth": size["max_depth"],
+            "mean_depth": sum(p["mean_depth"] for p in per) / max(len(per), 1),
+            "entities_mean": (sum(len(e) for e in entities if e is not None) / len(entities)) if contexts else None,
+            "bytes": size["bytes"],
+            "parse_seconds": round(t_parse - t0, 3),
+            "total_seconds": round(time.time() - t0, 3),
+        }
+        stats_path = args.stats or f"{args.output}.stats.json"
+        with open(outputs.path(stats_path), "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2, sort_keys=True)
     logger.info(
         "kid-build-trie: %d examples (%d empty tries: %d without passages, %d without triples), "
         "keys %.1f/example (max %d), %d links, max depth %d, %d bytes -> %s",

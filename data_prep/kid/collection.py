@@ -47,6 +47,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from data_prep.common import one_line
 
@@ -145,7 +146,10 @@ def load_wiki_summaries(path: str | os.PathLike, max_words: int = 100) -> list[P
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as raw:
+            raise text_io.not_utf8_error(path, raw) from None  # names the line and column
+    except OSError as exc:
         raise CorpusError(path, f"not a readable (gzipped) UTF-8 JSON file ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise CorpusError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from exc
@@ -162,12 +166,9 @@ def load_wiki_summaries(path: str | os.PathLike, max_words: int = 100) -> list[P
 
 
 def _text_lines(path: str) -> Iterator[tuple[int, str]]:
-    try:
-        with open(path, encoding="utf-8", newline="\n") as f:
-            for line_no, line in enumerate(f, 1):
-                yield line_no, line.rstrip("\n").rstrip("\r")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, f"not UTF-8 text ({exc})") from exc
+    """``(line number, line)`` of a UTF-8 text file split on ``\\n`` only; a lone ``\\r`` or
+    non-UTF-8 bytes are a CorpusError naming the line (:mod:`informative_dialogue.text_io`)."""
+    return enumerate(text_io.iter_lines(path), 1)
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Passage]:

@@ -4,9 +4,11 @@ the knowledge-infused decoding paper) -> this project's ``tsv`` collection forma
 Input (DPR, Karpukhin et al. 2020): a header line ``id<TAB>text<TAB>title``, then one passage
 per row, CSV quoting (``"`` around fields that contain quotes, doubled ``""`` inside).
 Output (``data_prep.kid.collection`` ``tsv``): ``id<TAB>title<TAB>text`` per line, no header,
-whitespace (tabs and newlines included) collapsed to single spaces. The output is written to
-``OUTPUT.tmp`` and renamed when complete, so a killed run never leaves a partial collection.
-Any row without exactly 3 fields is an error naming the file and line.
+whitespace (tabs and newlines included) collapsed to single spaces. The output is written under
+a temporary name beside ``OUTPUT`` and renamed when complete
+(:class:`informative_dialogue.text_io.OutputSet`), so a failed or killed run never leaves a
+partial collection. Any row without exactly 3 fields, or bytes that are not UTF-8, are an error
+naming the file and line (exit status 2).
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import console_script, setup_logging
+from informative_dialogue.text_io import OutputSet
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +38,11 @@ def convert_dpr_passages(source: str | os.PathLike, output: str | os.PathLike, p
     source, output = os.fspath(source), os.fspath(output)
     csv.field_size_limit(sys.maxsize)
     opener = gzip.open if source.endswith(".gz") else open
-    tmp = output + ".tmp"
     n_passages = 0
+    line_no = 1
     try:
-        with opener(source, "rt", encoding="utf-8", newline="") as f, open(tmp, "w", encoding="utf-8") as out:
+        with OutputSet() as outputs, opener(source, "rt", encoding="utf-8", newline="") as f, \
+                open(outputs.path(output), "w", encoding="utf-8") as out:
             rows = csv.reader(f, delimiter="\t")
             header = next(rows, None)
             if header is None or header[:3] != DPR_HEADER:
@@ -53,11 +58,11 @@ def convert_dpr_passages(source: str | os.PathLike, output: str | os.PathLike, p
                     raise CorpusError(source, "empty passage id", line_no)
                 out.write(f"{pid}\t{title}\t{text}\n")
                 n_passages += 1
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, output)
+    except UnicodeDecodeError:
+        with (gzip.open(source, "rb") if source.endswith(".gz") else open(source, "rb")) as raw:
+            raise text_io.not_utf8_error(source, raw) from None  # names the line and column
+    except csv.Error as exc:
+        raise CorpusError(source, f"malformed row ({exc})", line_no) from exc
     logger.info("wrote %s: %d passages", output, n_passages)
     return n_passages
 
@@ -77,10 +82,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     setup_logging(args.verbose)
     if not args.output.endswith(".tsv"):
         raise SystemExit(f"kid-convert-dpr: --output must end in .tsv (the collection format), got {args.output}")
-    try:
-        return {"passages": convert_dpr_passages(args.input, args.output, progress=not args.no_progress)}
-    except CorpusError as err:
-        raise SystemExit(f"kid-convert-dpr: {err}") from None
+    return {"passages": convert_dpr_passages(args.input, args.output, progress=not args.no_progress)}
 
 
 cli = console_script(main)

@@ -63,6 +63,7 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
+from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import setup_logging, console_script
 from data_prep.common import write_stats
@@ -190,14 +191,13 @@ def summarize(scores: Sequence[float], top: Sequence[int], bottom: Sequence[int]
 
 
 def read_lines(path: str) -> list[str]:
-    """Lines of a UTF-8 text file without their newline; CorpusError if unreadable."""
+    """Lines of a line-aligned UTF-8 text file without their line ends
+    (:func:`informative_dialogue.text_io.read_lines`: only ``\\n`` ends a line; a lone ``\\r``
+    or non-UTF-8 bytes are a CorpusError naming the file and line)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+        return text_io.read_lines(path)
     except FileNotFoundError as exc:
         raise CorpusError(path, "file not found") from exc
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, f"not UTF-8 text ({exc})") from exc
 
 
 def read_pairs(input_dir: str, split: str = "train") -> tuple[list[str], list[str]]:
@@ -270,12 +270,6 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = [len(r.split()) for r in tgt] if args.tie_break == "shorter" else None
     top, bottom = select_top(scores, args.ratio, lengths)
 
-    os.makedirs(args.output, exist_ok=True)
-    _write(os.path.join(args.output, f"{args.split}.scores"), (repr(s) for s in scores))
-    extra = [s for s in ("train", "valid", "test") if s != args.split]
-    write_subset(os.path.join(args.output, "negative"), args.input, src, tgt, top, extra)
-    write_subset(os.path.join(args.output, "bottom"), args.input, src, tgt, bottom, extra)
-
     n_queries = Counter(norm_r)
     most = sorted(entropies.items(), key=lambda kv: (-kv[1], kv[0]))[: args.top_responses]
     stats = summarize(scores, top, bottom)
@@ -290,7 +284,14 @@ def main(argv: list[str] | None = None) -> dict:
         "distinct_responses": len(entropies),
         "most_many_to_one": [{"response": r, "pairs": n_queries[r], "entropy": h} for r, h in most],
     })
-    write_stats(args.output, stats)
+    # scores, both subsets and stats.json are staged and moved into --output together
+    with text_io.staged_directory(args.output) as stage:
+        _write(os.path.join(stage, f"{args.split}.scores"), (repr(s) for s in scores))
+        extra = [s for s in ("train", "valid", "test") if s != args.split]
+        write_subset(os.path.join(stage, "negative"), args.input, src, tgt, top, extra)
+        write_subset(os.path.join(stage, "bottom"), args.input, src, tgt, bottom, extra)
+        write_stats(stage, stats)
+
     logger.info("D_N: %d pairs (cut %.4f), bottom: %d pairs, zeros %.1f%%",
                 len(top), stats["cut_value"] if top else float("nan"), len(bottom), 100 * stats["zeros_share"])
     return stats

@@ -14,30 +14,46 @@ Subword formats (how a tokenised source line is grouped into words):
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from informative_dialogue.errors import CorpusError
+from informative_dialogue import text_io
 
 SUBWORD_FORMATS = ("wordpiece", "sentencepiece", "none")
 SENTENCEPIECE_MARK = "\u2581"
+_ASCII_ID = re.compile(r"[0-9]+")
+
+
+def is_knowledge_id(field: str) -> bool:
+    """Whether ``field`` is a non-negative integer in ASCII digits (``str.isdigit`` alone would
+    accept ``"²"`` or ``"٣"``, which ``int`` then refuses or reads as another number)."""
+    return _ASCII_ID.fullmatch(field) is not None
 
 
 def parse_alignment_line(
-    line: str, path: str | os.PathLike, line_no: int, n_tokens: int | None = None, source_path: str | None = None
+    line: str, path: str | os.PathLike, line_no: int, n_tokens: int | None = None, source_path: str | None = None,
+    source_line: int | None = None,
 ) -> np.ndarray:
     """Parse one alignment line into an ``int64`` array ``(n,)``.
 
     Raises :class:`CorpusError` naming ``path`` and ``line_no`` when a field is not a
-    non-negative integer, or when ``n_tokens`` is given and the count differs (the message
-    names both counts and the source file)."""
+    non-negative integer in ASCII digits (:func:`is_knowledge_id`), does not fit in 64 bits, or
+    when ``n_tokens`` is given and the count differs (the message names both counts and the
+    source file, and ``source_line``, the source's line, where it is not ``line_no``)."""
     fields = line.split()
     for field in fields:
-        if not field.isdigit():
-            raise CorpusError(path, f"expected non-negative integer knowledge ids, got {field!r}", line_no)
+        if not is_knowledge_id(field):
+            raise CorpusError(
+                path, f"expected non-negative integer knowledge ids, got {field!r} (ASCII digits 0-9 only)", line_no
+            )
+        if len(field) > 18 and int(field) > np.iinfo(np.int64).max:
+            raise CorpusError(path, f"knowledge id {field} does not fit in 64 bits", line_no)
     if n_tokens is not None and len(fields) != n_tokens:
-        where = f"{source_path} line {line_no}" if source_path else f"source line {line_no}"
+        src_line = line_no if source_line is None else source_line
+        where = f"{source_path} line {src_line}" if source_path else f"source line {src_line}"
         raise CorpusError(
             path,
             f"{len(fields)} knowledge ids but {where} has {n_tokens} tokens (expected one id per token)",
@@ -47,13 +63,27 @@ def parse_alignment_line(
 
 
 def read_text_lines(path: str | os.PathLike) -> list[str]:
-    """The lines of a UTF-8 text file split on ``\n`` only (a final newline ends the last line,
-    it does not start an empty one), so line numbers agree with ``wc -l`` and fairseq-preprocess."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    """The lines of a line-aligned UTF-8 text file (:func:`informative_dialogue.text_io.read_lines`:
+    split on ``\\n`` only, a final newline ends the last line, a lone ``\\r`` or non-UTF-8 bytes
+    are a CorpusError naming the file and line), so line numbers agree with ``wc -l`` and
+    fairseq-preprocess."""
+    return text_io.read_lines(path)
+
+
+def check_knowledge_ids(
+    rows: Sequence[np.ndarray], rows_in_table: int, path: str | os.PathLike, table: str | None = None
+) -> None:
+    """Refuse any id ``>= rows_in_table`` (the knowledge table has rows ``0..rows_in_table - 1``,
+    row 0 = no knowledge): CorpusError naming ``path`` and the first offending line."""
+    for i, row in enumerate(rows, 1):
+        if row.size and int(row.max()) >= rows_in_table:
+            bad = int(row.max())
+            where = f"the knowledge table {table}" if table else "the knowledge table"
+            raise CorpusError(
+                path,
+                f"knowledge id {bad} is out of range: {where} has {rows_in_table} rows (ids 0..{rows_in_table - 1})",
+                i,
+            )
 
 
 def read_alignments(align_path: str | os.PathLike, source_path: str | os.PathLike | None = None) -> list[np.ndarray]:
@@ -81,13 +111,9 @@ def format_alignment_line(ids: Iterable[int]) -> str:
 
 
 def write_alignments(path: str | os.PathLike, rows: Iterable[Sequence[int]]) -> int:
-    """Write one line per row; returns the number of lines written."""
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(format_alignment_line(row) + "\n")
-            n += 1
-    return n
+    """Write one line per row, all or nothing (a failure leaves ``path`` as it was); returns the
+    number of lines written."""
+    return text_io.write_text_atomic(path, (format_alignment_line(row) for row in rows))
 
 
 def word_spans(tokens: Sequence[str], subword_format: str = "wordpiece") -> list[tuple[int, int]]:
@@ -129,7 +155,6 @@ def words_of(tokens: Sequence[str], subword_format: str = "wordpiece") -> tuple[
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[str]:
-    """The lines of a text file without their newline characters."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\n")
+    """The lines of a line-aligned text file without their line ends
+    (:func:`informative_dialogue.text_io.iter_lines`)."""
+    return text_io.iter_lines(path)

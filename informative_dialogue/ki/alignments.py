@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from informative_dialogue.text_io import OutputSet
+
 IDS_SUFFIX = ".ids.npy"
 OFFSETS_SUFFIX = ".offsets.npy"
 INT32_MAX = np.iinfo(np.int32).max
@@ -105,12 +107,14 @@ class KnowledgeAlignments:
         return cls(flat.astype(ids_dtype(max_id)), offsets, path=path)
 
     def save(self, prefix: str | os.PathLike) -> dict:
-        """Write ``{prefix}.ids.npy`` and ``{prefix}.offsets.npy``; returns a summary
+        """Write ``{prefix}.ids.npy`` and ``{prefix}.offsets.npy``, both or neither (a failure
+        leaves earlier files as they were); returns a summary
         ``{"lines", "ids", "max_id", "dtype", "ids_path", "offsets_path"}``."""
         ids_path, offsets_path = alignment_paths(prefix)
-        os.makedirs(os.path.dirname(os.path.abspath(ids_path)), exist_ok=True)
-        np.save(ids_path, np.ascontiguousarray(self.ids), allow_pickle=False)
-        np.save(offsets_path, np.ascontiguousarray(self.offsets), allow_pickle=False)
+        with OutputSet() as out:
+            for path, array in ((ids_path, self.ids), (offsets_path, self.offsets)):
+                with open(out.path(path), "wb") as f:  # a file object: np.save adds no ".npy"
+                    np.save(f, np.ascontiguousarray(array), allow_pickle=False)
         return {
             "lines": len(self),
             "ids": int(self.ids.size),
