@@ -50,5 +50,5 @@ def test_wrong_header_and_short_row_name_file_and_line(tmp_path: Path) -> None:
 
 
 def test_output_must_be_tsv(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="must end in .tsv"):
+    with pytest.raises(ValueError, match="must end in .tsv"):  # the console script: one line, exit 2
         main(["--input", "x.tsv", "--output", str(tmp_path / "o.jsonl")])

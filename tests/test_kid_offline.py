@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_shared_data
+
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.kid.trie_files import load_jsonl
 from data_prep.kid.build_trie import main as build_trie_main
@@ -19,7 +21,6 @@ from data_prep.kid.sparse_retrievers import BM25Retriever, RandomRetriever
 from data_prep.kid.triples import extract_triples, extract_triples_batch, load_spacy
 
 REPO = Path(__file__).resolve().parents[1]
-TARBALL = REPO.parent / "shared" / "data" / "cmu_dog.tar.gz"
 
 COLLECTION = [
     Passage("volcano", "Volcano", "A volcano is a rupture in the crust of a planet where hot lava, volcanic ash "
@@ -250,18 +251,18 @@ def test_build_trie_end_to_end(tmp_path: Path, nlp) -> None:
     assert stats2["passages_parsed"] == 0 and out.read_text() == first
 
 
-@pytest.mark.skipif(not TARBALL.exists(), reason=f"CMU_DoG tarball not found at {TARBALL}")
 def test_cmu_dog_real_contexts(tmp_path: Path, nlp) -> None:
+    tarball = require_shared_data("cmu_dog.tar.gz")
     from data_prep.corpora.cmu_dog_source import CmuDogSource, documents_of
     from data_prep.corpora.cmu_dog import prepare_split
 
-    source = CmuDogSource(TARBALL)
+    source = CmuDogSource(tarball)
     examples, _, _ = prepare_split(source, documents_of(source), "test")
     src = tmp_path / "test.src"
     src.write_text("".join(ex.src + "\n" for ex in examples[:20]), encoding="utf-8")
     # the documents collection (4 sections x 30 movies), read from the tarball once and handed
     # to both commands as JSONL (reading the archive is the slow part)
-    passages = load_collection(TARBALL)
+    passages = load_collection(tarball)
     assert len(passages) == 120 and passages[0].id == "cmu_dog/0/0"
     coll = tmp_path / "cmu_dog_docs.jsonl"
     coll.write_text("".join(json.dumps(vars(p)) + "\n" for p in passages), encoding="utf-8")

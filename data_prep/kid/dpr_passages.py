@@ -81,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     if not args.output.endswith(".tsv"):
-        raise SystemExit(f"kid-convert-dpr: --output must end in .tsv (the collection format), got {args.output}")
+        raise ValueError(f"--output must end in .tsv (the collection format), got {args.output}")
     return {"passages": convert_dpr_passages(args.input, args.output, progress=not args.no_progress)}
 
 

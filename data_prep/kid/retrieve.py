@@ -35,8 +35,8 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import console_script, setup_logging
+from informative_dialogue.text_io import read_lines
 from data_prep.kid.collection import Passage, add_collection_arguments, collection_from_args, collection_key
 from data_prep.kid.dense_retriever import DenseEncoder, DenseRetriever
 from data_prep.kid.sparse_retrievers import BM25Retriever, RandomRetriever
@@ -59,13 +59,10 @@ def clean_context(line: str, wordpiece: bool = False) -> str:
 
 
 def read_contexts(path: str | os.PathLike, wordpiece: bool = False) -> list[str]:
-    """The cleaned contexts of a ``{split}.src`` file, one per line (split on ``\\n`` only)."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8", newline="\n") as f:
-            return [clean_context(line.rstrip("\n").rstrip("\r"), wordpiece) for line in f]
-    except UnicodeDecodeError as exc:
-        raise CorpusError(path, f"not UTF-8 text ({exc})") from exc
+    """The cleaned contexts of a ``{split}.src`` file, one per line (read by
+    :func:`informative_dialogue.text_io.read_lines`: a lone ``\\r`` or non-UTF-8 bytes are errors
+    naming file and line)."""
+    return [clean_context(line, wordpiece) for line in read_lines(path)]
 
 
 # --------------------------------------------------------------------------------------------

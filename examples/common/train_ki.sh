@@ -114,7 +114,10 @@ if has_stage binarise; then
   mkdir -p "$KI_BIN"
   for f in "$DATA_BIN"/*; do ln -sfn "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$KI_BIN/$(basename "$f")"; done
   for split in $SPLITS; do
-    ki-binarize-alignments --align "$(align_file "$split")" --source "$TOK_DIR/$split.src" --destdir "$KI_BIN" --split "$split"
+    # ids are checked against the knowledge table's rows where the table exists (stage index)
+    table_args=(); [ -f "$KNOWLEDGE_TABLE" ] && table_args=(--ki-knowledge-table "$KNOWLEDGE_TABLE")
+    ki-binarize-alignments --align "$(align_file "$split")" --source "$TOK_DIR/$split.src" --destdir "$KI_BIN" \
+      --split "$split" "${table_args[@]}"
   done
 fi
 
