@@ -18,7 +18,8 @@ from fairseq.models.transformer import TransformerModel, base_architecture
 from fairseq.models.transformer_lm import TransformerLanguageModel, base_lm_architecture
 from fairseq.sequence_generator import SequenceGenerator
 
-from informative_dialogue.kid.memory import KIDCore, KIDOptions
+from informative_dialogue.kid.memory import KIDCore
+from informative_dialogue.kid.options import KIDOptions
 from fairseq_plugins.generation.kid_generator import KIDEnsembleModel, KIDSequenceGenerator
 from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
 from informative_dialogue.kid.trie_files import InMemoryTries, TrieExample
@@ -98,7 +99,7 @@ def test_kid_steps_0_and_empty_tries_equal_plain_in_process(dictionary: Dictiona
     assert hyps(k0.generate([model], sample)) == ref
     empty = [TrieExample(KnowledgeTrie({}, normalizer=norm), ["car"])] * 3
     with caplog.at_level(logging.WARNING):
-        core = make_core(dictionary, norm, empty, steps=3)
+        core = make_core(dictionary, norm, empty, steps=3, allow_empty_tries=True)
     assert sum("no knowledge" in r.message for r in caplog.records) == 1
     ke = KIDSequenceGenerator([model], dictionary, beam_size=3, max_len_b=8, kid_core=core)
     caplog.clear()
@@ -113,7 +114,7 @@ def test_memory_follows_beam_reordering_and_pruning(dictionary: Dictionary, norm
     _, model = tiny_translation_model(dictionary, seed=3)
     everything = {norm.stem(w): ["engine fuel"] for w in WORDS if norm.is_content(norm.clean(w))}
     tries = [TrieExample(KnowledgeTrie(everything, normalizer=norm), None)] * 3
-    core = make_core(dictionary, norm, tries, hops=2, window=3, entity="content", lr=0.5)
+    core = make_core(dictionary, norm, tries, hops=2, memory=3, entity="content", lr=0.5)
     gen = KIDSequenceGenerator([model], dictionary, beam_size=3, max_len_b=10, kid_core=core)
     sample = batch(dictionary, SENTS)
     src_words = [core.mapper.decode_words(r.tolist()) for r in sample["net_input"]["src_tokens"]]
@@ -176,8 +177,13 @@ def test_decoder_only_lm_with_prompt(dictionary: Dictionary, norm: WordNormalize
     assert isinstance(gen, KIDSequenceGenerator)
     prompt = torch.tensor([[dictionary.index(w) for w in "the dog is".split()]])
     sample = {"id": torch.tensor([0]), "net_input": {"src_tokens": prompt, "src_lengths": torch.tensor([3])}}
+    calls = record_updates(gen.kid_core)
     out = task.inference_step(gen, [lm], sample)
     assert out[0][0]["tokens"][:3].tolist() == prompt[0].tolist()  # the prompt is kept as prefix
+    # the prompt's steps keep the LM's distribution bit for bit; KID acts from the first free step
+    assert len(calls) > 3
+    for step, (before, after, _, _, _) in enumerate(calls[:4]):
+        assert torch.equal(after, before) == (step < 3), step
     # the memory was initialised from the prompt's words ("dog" is a key of the shared trie)
     core = gen.kid_core
     mem = core.new_memory([0], [core.mapper.decode_words(prompt[0].tolist())], 1, torch.device("cpu"))
@@ -187,6 +193,93 @@ def test_decoder_only_lm_with_prompt(dictionary: Dictionary, norm: WordNormalize
     plain = SequenceGenerator([lm], dictionary, beam_size=2, max_len_b=6)
     k0 = task.build_generator([lm], gen_args)
     assert hyps(task.inference_step(k0, [lm], sample)) == hyps(task.inference_step(plain, [lm], sample))
+
+
+def record_updates(core: KIDCore) -> list:
+    """Wrap ``core.update`` (one call per decoding step): each call appends (input lprobs,
+    output lprobs, row -> sentence, row -> memory, active)."""
+    calls: list = []
+    update = core.update
+
+    def recording(log_probs, state, trie_indices, active=None):
+        out = update(log_probs, state, trie_indices, active)
+        calls.append((log_probs.clone(), out.clone(), list(state.sentence), list(state.memory), active))
+        return out
+
+    core.update = recording  # type: ignore[method-assign]
+    return calls
+
+
+def test_kid_acts_after_the_forced_prefix_only(dictionary: Dictionary, norm: WordNormalizer) -> None:
+    """fairseq-generate --prefix-size: steps inside a sentence's forced prefix keep the model's
+    distribution bit for bit (their scores are the plain ones); KID acts from the first free step."""
+    _, model = tiny_translation_model(dictionary, seed=5)
+    sample = batch(dictionary, SENTS)
+    car, dog = toy_tries(norm)[:2]
+    core = make_core(dictionary, norm, [car, dog, car], mode="little", lr=1.0)  # demonstrations at every step
+    calls = record_updates(core)
+    words = [["the", "car"], ["the"], ["i", "like", "my"]]  # prefix lengths 2, 1, 3 (padded)
+    prefix = torch.full((3, 3), dictionary.pad(), dtype=torch.long)
+    for i, w in enumerate(words):
+        prefix[i, : len(w)] = torch.tensor([dictionary.index(x) for x in w])
+    kid = KIDSequenceGenerator([model], dictionary, beam_size=2, max_len_b=8, kid_core=core)
+    out = kid.generate([model], sample, prefix_tokens=prefix)
+    plain_gen = SequenceGenerator([model], dictionary, beam_size=2, max_len_b=8)
+    plain = plain_gen.generate([model], sample, prefix_tokens=prefix)
+    seen_forced = seen_free = 0
+    for step, (before, after, sentence, _, _) in enumerate(calls):
+        for row, sent in enumerate(sentence):
+            if step < len(words[sent]):
+                assert torch.equal(after[row], before[row]), (step, sent)  # forced: untouched
+                seen_forced += 1
+            else:
+                assert not torch.equal(after[row], before[row]), (step, sent)  # free: KID acts
+                seen_free += 1
+    assert seen_forced == 2 * (2 + 1 + 3) and seen_free > 0
+    for s, w in enumerate(words):
+        top, ref = out[s][0], plain[s][0]
+        assert top["tokens"][: len(w)].tolist() == ref["tokens"][: len(w)].tolist() == prefix[s, : len(w)].tolist()
+        assert torch.equal(top["positional_scores"][: len(w)], ref["positional_scores"][: len(w)])
+    assert hyps(out) != hyps(plain)
+
+
+def test_separate_source_and_target_dictionaries(norm: WordNormalizer, tmp_path: Path) -> None:
+    """Source words are read with the source dictionary (memory), knowledge words are mapped
+    with the target dictionary (demonstrations), through the task's build_generator."""
+    src = Dictionary()
+    for w in WORDS:
+        src.add_symbol(w)
+    tgt = Dictionary()
+    for w in ["xx", "yy"] + list(reversed(WORDS)):  # same words, other ids, other size
+        tgt.add_symbol(w)
+    assert src.index("car") != tgt.index("car") and len(src) != len(tgt)
+    trie_file = tmp_path / "test.trie.jsonl"
+    trie_file.write_text("".join(json.dumps({"id": i, "entities": None, "trie": t}) + "\n"
+                                 for i, t in enumerate([CAR_TRIE, DOG_TRIE])))
+    torch.manual_seed(2)
+    cfg = KnowledgeDialogConfig(kid=True, kid_trie=str(trie_file), kid_hops=2, kid_lr=1.0)
+    task = KnowledgeDialogTask(cfg, src, tgt)
+    args = argparse.Namespace(
+        encoder_layers=1, decoder_layers=1, encoder_embed_dim=16, decoder_embed_dim=16,
+        encoder_ffn_embed_dim=32, decoder_ffn_embed_dim=32, encoder_attention_heads=2,
+        decoder_attention_heads=2, dropout=0.0,
+    )
+    base_architecture(args)
+    model = TransformerModel.build_model(args, task).eval()
+    gen = task.build_generator([model], argparse.Namespace(beam=2, max_len_b=6, sampling=False))
+    assert isinstance(gen, KIDSequenceGenerator)
+    calls = record_updates(gen.kid_core)
+    sample = batch(src, SENTS[:2])
+    out = task.inference_step(gen, [model], sample)
+    assert len(out) == 2 and all(int(t) < len(tgt) for h in out for t in h[0]["tokens"])
+    before, after, sentence, memory, _ = calls[0]
+    assert before.size(1) == len(tgt)
+    expected = {0: ({"car"}, {"engine", "road", "trip", "piston", "fuel"}), 1: ({"dog"}, {"loyal", "pet", "bark"})}
+    for row, sent in enumerate(sentence):
+        keys, knowledge = expected[sent]
+        assert set(memory[row]) == keys  # the source words, read with the source dictionary
+        raised = (after[row] - before[row].log_softmax(-1)) > 0
+        assert {tgt[i] for i in raised.nonzero().flatten().tolist()} == knowledge  # target ids
 
 
 # --- CLI: fairseq-preprocess / fairseq-train / fairseq-generate ------------------------------
@@ -254,3 +347,27 @@ def test_cli_kid_beam_and_sampling_and_steps_0_equals_plain(trained: Path) -> No
     kid_sampling = generate(trained, *sampling, *kid)
     assert sum(ln.startswith("H-") for ln in kid_sampling) == 2 * n_test
     assert knowledge_words(kid_sampling) > knowledge_words(plain)
+
+
+def test_cli_interactive_kid_shared_trie(trained: Path) -> None:
+    """README: fairseq-interactive --kid --kid-trie FILE --kid-shared-trie (line 0 for every
+    input, memory from the input's words), against plain fairseq-interactive."""
+    shared = trained / "shared.trie.jsonl"
+    shared.write_text(json.dumps({"id": 0, "entities": None, "trie": {**CAR_TRIE, **DOG_TRIE}}) + "\n")
+    inputs = "i like my car .\ni like my dog ?\ni like my car ?\n"
+
+    def interactive(*extra: str) -> List[str]:
+        proc = run(["fairseq-interactive", str(trained / "bin"), "--user-dir", USER_DIR, "--task", "knowledge_dialog",
+                    "--source-lang", "src", "--target-lang", "tgt",
+                    "--path", str(trained / "ckpt" / "checkpoint_last.pt"),
+                    "--beam", "2", "--max-len-b", "8", "--buffer-size", "2", "--batch-size", "2", *extra], input=inputs)
+        return [ln for ln in proc.stdout.splitlines() if ln.startswith("H-")]
+
+    plain = interactive()
+    kid = interactive("--kid", "--kid-trie", str(shared), "--kid-shared-trie", "--kid-hops", "2", "--kid-lr", "1.0")
+    assert len(plain) == len(kid) == 3
+    assert knowledge_words(kid) > knowledge_words(plain)  # here 6 against 0
+    # each input's memory comes from its own words: knowledge of its own topic only
+    car, dog = {"engine", "road", "trip", "piston", "fuel", "gas"}, {"loyal", "pet", "bark"}
+    for line, other in ((kid[0], dog), (kid[1], car), (kid[2], dog)):
+        assert not set(line.split("\t")[-1].split()) & other, line
