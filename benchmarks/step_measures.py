@@ -6,6 +6,8 @@
   ``torch.profiler(profile_memory=True)``, summed in time order).
 - :func:`held_bytes`: bytes of the distinct tensor storages an object graph keeps alive.
 - :func:`quartiles`: median, quartiles and IQR of a sample.
+- :func:`save_random_checkpoint`: a model saved as fairseq's trainer saves it (the step-cost
+  benchmark's random ND teacher).
 """
 from __future__ import annotations
 
@@ -105,3 +107,18 @@ def quartiles(values: Sequence[float]) -> Dict[str, float]:
     """median, q1, q3, IQR of ``values`` (numpy's linear interpolation)."""
     q1, med, q3 = (float(x) for x in np.percentile(np.asarray(values, dtype=float), [25, 50, 75]))
     return {"median": med, "q1": q1, "q3": q3, "iqr": q3 - q1, "n": len(values)}
+
+
+def save_random_checkpoint(model: torch.nn.Module, cfg: Any, path: Any, task: Any = None) -> Any:
+    """Save ``model`` in the layout fairseq's trainer writes (enough for ``load_checkpoint_to_cpu``),
+    with ``task.state_dict()`` as its task state (``knowledge_dialog``: the dictionaries' symbols)."""
+    state = {
+        "args": None, "cfg": cfg, "model": model.state_dict(), "criterion": None,
+        "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "task_state": task.state_dict() if task is not None else {},
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "last_optimizer_state": None,
+    }
+    torch.save(state, path)
+    return path

@@ -74,7 +74,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from step_measures import held_bytes, quartiles, timed, transient_peak_bytes  # benchmarks/ is on the script's path
+from step_measures import (  # benchmarks/ is on the script's path
+    held_bytes, quartiles, save_random_checkpoint, timed, transient_peak_bytes)
 
 logger = logging.getLogger("training_step_cost")
 
@@ -158,19 +159,6 @@ def fairseq_cfg(args: argparse.Namespace, criterion_args: Sequence[str], use_cud
     return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
 
 
-def save_random_checkpoint(model: torch.nn.Module, cfg: Any, path: Path) -> Path:
-    """Save ``model`` in the layout fairseq's trainer writes (enough for ``load_checkpoint_to_cpu``)."""
-    state = {
-        "args": None, "cfg": cfg, "model": model.state_dict(), "criterion": None,
-        "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "task_state": {}, "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-        "last_optimizer_state": None,
-    }
-    torch.save(state, path)
-    return path
-
-
 def synthetic_knowledge(src_tokens: torch.Tensor, n_rows: int, fraction: float, pad: int, eos: int,
                         generator: torch.Generator) -> torch.Tensor:
     """Knowledge ids ``(B, S)`` aligned with ``src_tokens`` ``(B, S)``: for each non-pad, non-EOS
@@ -230,8 +218,8 @@ def criterion_args(key: str, args: argparse.Namespace, tmp: Path, template: Any)
                 torch.manual_seed(args.seed + 1)
                 from fairseq import tasks
 
-                t_model = tasks.setup_task(template.task).build_model(template.model)
-                save_random_checkpoint(t_model, template, Path(teacher))
+                t_task = tasks.setup_task(template.task)
+                save_random_checkpoint(t_task.build_model(template.model), template, Path(teacher), t_task)
                 logger.info("ND: random teacher of the same architecture saved to %s", teacher)
         terms = ["--nd-terms", key[len("nd_"):]] if key.startswith("nd_") else []
         return ["--criterion", "negative_distillation", "--teacher-path", teacher, *terms]

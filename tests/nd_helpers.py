@@ -37,11 +37,12 @@ def make_data_dir(path: Path, words: Sequence[str] = WORDS) -> Path:
     return path
 
 
-def make_cfg(data_dir: Path, extra: Sequence[str] = (), arch: Sequence[str] = TINY_ARCH):
+def make_cfg(data_dir: Path, extra: Sequence[str] = (), arch: Sequence[str] = TINY_ARCH,
+             task: str = "knowledge_dialog"):
     """A full fairseq config (omegaconf), as fairseq-train builds it from a command line."""
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, input_args=[
-        str(data_dir), "--task", "translation", "--source-lang", "src", "--target-lang", "tgt",
+        str(data_dir), "--task", task, "--source-lang", "src", "--target-lang", "tgt",
         "--optimizer", "adam", "--lr", "0.001", "--seed", "1", "--cpu", *arch, *extra,
     ])
     return convert_namespace_to_omegaconf(args)
@@ -67,8 +68,9 @@ def make_sample(task, pairs: Sequence[tuple[str, str]]) -> dict:
 PAIRS = [("a b c d", "e f g"), ("h i", "j k l m n"), ("o p q r s t", "a")]
 
 
-def save_checkpoint(model, cfg, path: Path) -> Path:
-    """Save ``model`` the way fairseq's trainer does (enough for ``load_checkpoint_to_cpu``)."""
+def save_checkpoint(model, cfg, path: Path, task=None) -> Path:
+    """Save ``model`` the way fairseq's trainer does (enough for ``load_checkpoint_to_cpu``);
+    with ``task``, its ``state_dict()`` as the trainer stores it (``task_state``)."""
     state = {
         "args": None,
         "cfg": cfg,
@@ -76,7 +78,7 @@ def save_checkpoint(model, cfg, path: Path) -> Path:
         "criterion": None,
         "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam",
                                "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "task_state": {},
+        "task_state": task.state_dict() if task is not None else {},
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
         "last_optimizer_state": None,
     }
@@ -87,12 +89,13 @@ def save_checkpoint(model, cfg, path: Path) -> Path:
 
 def make_teacher(tmp_path: Path, seed: int = 7, words: Sequence[str] = WORDS,
                  arch: Sequence[str] = TINY_ARCH) -> Path:
-    """A randomly initialised tiny teacher checkpoint (its own data folder), returns its path."""
+    """A randomly initialised tiny teacher checkpoint (its own data folder; ``knowledge_dialog``
+    stores its dictionaries' symbols in the checkpoint), returns its path."""
     data = make_data_dir(tmp_path / f"teacher_data_{seed}_{len(words)}", words)
     cfg = make_cfg(data, arch=arch)
     torch.manual_seed(seed)
-    _, model = build(cfg)
-    return save_checkpoint(model, cfg, tmp_path / f"teacher_{seed}_{len(words)}" / "checkpoint.pt")
+    task, model = build(cfg)
+    return save_checkpoint(model, cfg, tmp_path / f"teacher_{seed}_{len(words)}" / "checkpoint.pt", task)
 
 
 def binarize(text_dir: Path, out_dir: Path, splits: Sequence[str] = ("train", "valid")) -> Path:
@@ -118,3 +121,29 @@ def binarize(text_dir: Path, out_dir: Path, splits: Sequence[str] = ("train", "v
                 builder.add_item(d.encode_line(line, add_if_not_exist=False).int())
             builder.finalize(prefix + ".idx")
     return out_dir
+
+
+def greedy_reference(model, sample, max_len: int, d) -> torch.Tensor:
+    """Greedy responses ``(B, max_len)`` re-running the whole decoder on the prefix at every step
+    (no incremental state, padding never emitted), padded after EOS: the reference the
+    criteria's incremental greedy decoding is checked against."""
+    src, lengths = sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"]
+    prefix = src.new_full((src.size(0), 1), d.eos())
+    done = torch.zeros(src.size(0), dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(max_len):
+            logits, _ = model(src, lengths, prefix)
+            logits[:, -1, d.pad()] = float("-inf")
+            nxt = logits[:, -1].argmax(-1).masked_fill(done, d.pad())
+            done |= nxt.eq(d.eos())
+            prefix = torch.cat([prefix, nxt[:, None]], 1)
+    return prefix[:, 1:]
+
+
+def teacher_forced_probs(model, sample, tokens: torch.Tensor, d) -> torch.Tensor:
+    """``p(tokens[b, t] | source_b, [EOS] + tokens[b, :t])`` ``(B, T)`` in float64."""
+    net_input = sample["net_input"]
+    prev = torch.cat([tokens.new_full((tokens.size(0), 1), d.eos()), tokens[:, :-1]], dim=1)
+    with torch.no_grad():
+        logits = model(net_input["src_tokens"], net_input["src_lengths"], prev)[0]
+    return torch.softmax(logits.double(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_shared_data
+
 from data_prep.corpora import dailydialog
 from data_prep.nd import source_entropy as se
 from informative_dialogue.errors import CorpusError
@@ -78,7 +80,7 @@ def test_command_writes_scores_subsets_and_stats(tmp_path: Path) -> None:
     stats = se.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
     out = tmp_path / "out"
     scores = [float(x) for x in (out / "train.scores").read_text().split()]
-    assert scores == se.pair_scores(*zip(*HAND))
+    assert scores == [2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.0, 0.0, 0.0]  # log2 of the queries per response
     top_ids = [int(x) for x in (out / "negative/train.ids").read_text().split()]
     bottom_ids = [int(x) for x in (out / "bottom/train.ids").read_text().split()]
     assert top_ids == [0, 1, 2, 3] and bottom_ids == [4, 5, 6, 7, 8]  # floor(9 / 2) = 4
@@ -115,9 +117,7 @@ def test_real_dailydialog_against_the_authors_scores(shared_data: Path) -> None:
     assert ours["quantiles"]["0.9"] == pytest.approx(1.0, abs=1e-9)
     assert ours["mean"] == pytest.approx(0.344, abs=0.005)
 
-    ref_path = shared_data / "dailydialog" / "nd_reference" / "entropy_score_train.txt"
-    if not ref_path.is_file():
-        pytest.skip("authors' entropy_score_train.txt not found")
+    ref_path = require_shared_data("dailydialog", "nd_reference", "entropy_score_train.txt")
     ref = [float(x) for x in ref_path.read_text().split()]
     ref_stats = se.summarize(ref, *se.select_top(ref, 0.5))
     assert ref_stats["pairs"] == 68066  # 38 fewer than our rebuilt pairs

@@ -62,6 +62,18 @@ def test_short_generations_over_use_the_end_symbol() -> None:
     assert w[1:].tolist() == [0.0, 0.0, 0.0]  # only the end symbol is over-used
 
 
+def _eos_responses(sample, d) -> torch.Tensor:
+    return sample["target"].new_full((sample["target"].size(0), 1), d.eos())
+
+
+def _silenced_eos(model, d):
+    """The model with a zero EOS embedding (input and output, shared): its EOS logit is 0, so its
+    greedy responses run to the length limit instead of stopping at once."""
+    with torch.no_grad():
+        model.decoder.embed_tokens.weight[d.eos()] = 0.0
+    return model
+
+
 def _criterion(tmp_path: Path, *extra: str):
     data = H.make_data_dir(tmp_path / "data")
     cfg = H.make_cfg(data, ["--criterion", "unlikelihood", *extra])
@@ -91,13 +103,42 @@ def test_unlikelihood_starts_when_the_window_is_full(tmp_path: Path) -> None:
     assert log1["ul_tokens"] == 0 and torch.equal(loss1, log1["mle_loss"])  # window not full yet
     loss2, size, log2 = crit(model, sample)
     # this untrained model answers every source with EOS at once: counted (--ul-count-eos), the
-    # end symbol is over-used (1/1 of the generated tokens) and penalised
-    assert log2["ul_candidates"] > 0 and log2["ul_tokens"] > 0
-    expected = log2["mle_loss"] + 10 * log2["ul_loss"] / log2["ul_tokens"] * size
-    assert loss2.item() == pytest.approx(expected.item(), rel=1e-5)
+    # end symbol is over-used (6/6 of the generated tokens in the window, 6/24 of the human ones)
+    # and is the only candidate; its 3 occurrences are penalised with weight 1 (uniform)
+    d = task.target_dictionary
+    assert crit.generated.total.sum() == 6 and crit.generated.total[d.eos()] == 6
+    assert log2["ul_candidates"] == 1 and log2["ul_tokens"] == 3 and size == 12
+    p_eos = H.teacher_forced_probs(model, sample, _eos_responses(sample, d), d)
+    ul_loss = float(-torch.log1p(-p_eos).sum())  # sum over the 3 responses of -log(1 - p(EOS))
+    mle = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.0)(model, sample)[0]
+    assert float(log2["ul_loss"]) == pytest.approx(ul_loss, rel=1e-5)
+    # alpha 10, averaged over the 3 penalised tokens, times sample_size 12
+    assert loss2.item() == pytest.approx(mle.item() + 10 * ul_loss / 3 * 12, rel=1e-5)
     assert model.training  # generation ran in eval mode and the mode was restored
     loss2.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_unlikelihood_penalises_each_over_used_generated_position(tmp_path: Path) -> None:
+    """Responses of 4 tokens (EOS silenced): every generated token is one the human targets never
+    use, so every position is penalised, each with -log(1 - p(y_t | x, y_<t)) at its own prefix."""
+    task, model, crit = _criterion(tmp_path, "--ul-window", "1", "--ul-alpha", "10", "--ul-max-len", "4",
+                                   "--ul-weighting", "uniform", "--label-smoothing", "0")
+    d = task.target_dictionary
+    _silenced_eos(model, d)
+    sample = H.make_sample(task, H.PAIRS)
+    model.eval()
+    gen = H.greedy_reference(model, sample, 4, d)
+    assert gen.shape == (3, 4) and not gen.eq(d.eos()).any()
+    human = set(sample["target"].flatten().tolist())
+    assert not human & set(gen.flatten().tolist())  # no generated word is a target word
+    model.train()
+    loss, size, log = crit(model, sample)
+    assert log["ul_tokens"] == 12 and log["ul_candidates"] == len(set(gen.flatten().tolist()))
+    ul_loss = float(-torch.log1p(-H.teacher_forced_probs(model, sample, gen, d)).sum())
+    mle = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.0)(model, sample)[0]
+    assert float(log["ul_loss"]) == pytest.approx(ul_loss, rel=1e-5)
+    assert loss.item() == pytest.approx(mle.item() + 10 * ul_loss / 12 * size, rel=1e-5)
 
 
 def test_response_window_frequency() -> None:
@@ -127,13 +168,41 @@ def test_negative_training_penalises_frequent_generations(tmp_path: Path) -> Non
     sample = H.make_sample(task, H.PAIRS)
     model.train()
     loss, _, log = crit(model, sample)
-    # with a 1% threshold every response of a first batch of 3 is frequent (share >= 1/3)
-    assert log["nt_negatives"] == 3
-    assert loss.item() == pytest.approx((log["mle_loss"] + log["nt_loss"]).item(), rel=1e-6)
-    assert log["nt_loss"] < 0  # a sum of log probabilities
+    # the untrained model answers every source with [EOS]; with a 1% threshold every response of
+    # a first batch of 3 is frequent (share 3/3); the negative term is sum_b log p([EOS] | source_b)
+    assert crit.window.responses == 3 and log["nt_negatives"] == 3
+    eos = _eos_responses(sample, task.target_dictionary)
+    log_likelihood = float(torch.log(H.teacher_forced_probs(model, sample, eos, task.target_dictionary)).sum())
+    mle = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.0)(model, sample)[0]
+    assert float(log["nt_loss"]) == pytest.approx(log_likelihood, rel=1e-5)
+    assert loss.item() == pytest.approx(mle.item() + log_likelihood, rel=1e-5)
     model.eval()
     loss_eval, _, log_eval = crit(model, sample)
     assert log_eval["nt_negatives"] == 0 and torch.equal(loss_eval, log_eval["mle_loss"])
+
+
+def test_negative_training_sums_the_log_likelihood_of_each_frequent_response(tmp_path: Path) -> None:
+    """Responses of 4 tokens (EOS silenced), all frequent: the negative term is
+    sum_b sum_t log p(y_bt | x_b, y_b<t), each token at its own prefix."""
+    data = H.make_data_dir(tmp_path / "data")
+    cfg = H.make_cfg(data, ["--criterion", "negative_training", "--nt-ratio", "0.01", "--nt-max-len", "4",
+                            "--label-smoothing", "0"])
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = _silenced_eos(task.build_model(cfg.model), task.target_dictionary)
+    crit = task.build_criterion(cfg.criterion)
+    sample = H.make_sample(task, H.PAIRS)
+    d = task.target_dictionary
+    model.eval()
+    gen = H.greedy_reference(model, sample, 4, d)
+    assert gen.shape == (3, 4) and not gen.eq(d.eos()).any()
+    model.train()
+    loss, _, log = crit(model, sample)
+    assert log["nt_negatives"] == 3
+    log_likelihood = float(torch.log(H.teacher_forced_probs(model, sample, gen, d)).sum())
+    mle = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.0)(model, sample)[0]
+    assert float(log["nt_loss"]) == pytest.approx(log_likelihood, rel=1e-5)
+    assert loss.item() == pytest.approx(mle.item() + log_likelihood, rel=1e-5)
 
 
 @pytest.mark.parametrize("count_eos", [False, True])

@@ -27,7 +27,10 @@ Input contract: ``sample["knowledge"]`` LongTensor ``(B, S)`` position-aligned w
 ``net_input.src_tokens`` (same padding side), 0 at tokens without knowledge, at EOS and at
 padding. A non-zero label at padding or EOS, or an id outside the table, raises ValueError. A
 sample without ``"knowledge"`` (e.g. a split without alignments) gets L_KI = 0 (``ki_absent``
-counts its sentences), the NLL as usual.
+counts its sentences), the NLL as usual. At start-up (``--task knowledge_dialog``, before the
+first step after a split is loaded) the split's whole alignment file is checked against the
+table: an id beyond it is an error naming the file and its first such line, not a crash in the
+middle of an epoch.
 
 Where f1, f2 live: in this criterion, not in the model. fairseq 0.12's Trainer (trainer.py)
 optimises ``chain(model.parameters(), criterion.parameters())`` (``_build_optimizer``), saves
@@ -63,8 +66,9 @@ from omegaconf import II
 from torch import Tensor, nn
 
 from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
-from informative_dialogue.ki import loss as ki
 from fairseq_plugins.models.encoder_capture import EncoderOutputCapture
+from informative_dialogue.ki import loss as ki
+from informative_dialogue.ki.alignments import KnowledgeAlignments
 
 logger = logging.getLogger(__name__)
 
@@ -178,47 +182,25 @@ class KnowledgeInternalizationCriterion(FairseqCriterion):
         return rows.to(self.f2.weight.dtype)
 
     def check_knowledge(self, knowledge: Tensor, src_tokens: Tensor, real: Tensor) -> None:
-        """Raise ValueError unless ``knowledge`` fits the contract: same shape as ``src_tokens``,
-        integer ids within the table, 0 at padding and EOS (``real``: non-pad, non-EOS tokens)."""
-        if knowledge.shape != src_tokens.shape:
-            raise ValueError(f'sample["knowledge"] has shape {tuple(knowledge.shape)} but src_tokens '
-                             f"{tuple(src_tokens.shape)}: the labels must be position-aligned with the source")
-        if knowledge.dtype.is_floating_point or knowledge.dtype == torch.bool:
-            raise ValueError(f'sample["knowledge"] must hold integer ids, got {knowledge.dtype}')
-        out_of_range = knowledge.lt(0) | knowledge.ge(self.table_rows)
-        misplaced = knowledge.ne(0) & ~real
-        if not bool((out_of_range | misplaced).any()):
-            return
-        if bool(out_of_range.any()):
-            bad = int(knowledge[out_of_range][0])
-            raise ValueError(f"knowledge id {bad} out of range: the table {self.table_path} has "
-                             f"{self.table_rows} rows (valid ids 0..{self.table_rows - 1})")
-        row, col = (int(v) for v in misplaced.nonzero()[0])
-        what = "padding" if src_tokens[row, col].eq(self.padding_idx) else "EOS"
-        raise ValueError(f"knowledge id {int(knowledge[row, col])} at a {what} position (sentence {row}, "
-                         f"position {col}): labels must be 0 there; are the labels padded on a different "
-                         "side from src_tokens?")
+        """A batch's labels against the input contract (``ki.check_labels``)."""
+        ki.check_labels(knowledge, src_tokens, real, self.table_rows, self.table_path, self.padding_idx)
+
+    def check_dataset(self, split: str, dataset) -> None:
+        """Start-up check (``knowledge_dialog`` calls it for every split it loads, before the next
+        step): every knowledge id of the split's alignments indexes the table."""
+        alignments = getattr(dataset, "alignments", None)
+        if isinstance(alignments, KnowledgeAlignments):
+            ki.check_alignment_ids(alignments, self.table_rows, self.table_path)
 
     # --- loss -------------------------------------------------------------------------------
     def ki_loss(self, states: Tensor, valid: Tensor, knowledge: Tensor, labelled_positions: Tensor
                 ) -> Tuple[Tensor, int, int]:
-        """L_KI (Eq. 3) of a batch.
-
-        Args: encoder ``states (B, S1, C)`` and ``valid (B, S1)``; ``knowledge (B, S2)`` ids;
-        ``labelled_positions (B, S2)``: the source's non-pad positions (paired with ``valid`` by order).
-        Returns: ``(loss scalar (sum over tokens), tokens used, tokens labelled)``.
-        """
+        """L_KI (Eq. 3) of a batch: ``(sum over tokens, tokens used, tokens labelled)`` (``ki.ki_loss``)."""
         if states.size(-1) != self.f1.in_features:
             raise ValueError(f"encoder states have size {states.size(-1)} but --ki-encoder-dim is "
                              f"{self.f1.in_features}: set --ki-encoder-dim {states.size(-1)}")
-        h, ids, sentence = ki.align_by_order(states, valid, knowledge, labelled_positions)
-        keep = ids.ne(0)
-        h, ids, sentence = h[keep], ids[keep], sentence[keep]
-        neg, has_negative = ki.sample_negatives(ids, sentence, self.num_negatives)
-        hp = ki.project(h[has_negative], self.f1, self.normalize)  # (N, d)
-        kp = ki.project(self.knowledge_vectors(ids), self.f2, self.normalize)  # (M, d)
-        losses = ki.ki_token_losses(hp, kp[has_negative], kp[neg[has_negative]], self.margin)
-        return losses.sum(), int(has_negative.sum()), int(ids.numel())
+        return ki.ki_loss(states, valid, knowledge, labelled_positions, self.f1, self.f2, self.knowledge_vectors,
+                          self.margin, self.normalize, self.num_negatives)
 
     def forward(self, model, sample, reduce=True):
         encoder = getattr(model, "encoder", None)

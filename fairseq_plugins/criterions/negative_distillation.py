@@ -17,42 +17,42 @@ teacher (paper: shared/papers/negative_distillation.txt, Eq. 5–16)::
 Normalisation: fairseq divides the returned loss by ``sample_size`` (target tokens, or sentences
 with ``--sentence-avg``). L_mle and L_pred are sums over target tokens, as in Eq. 1 and 6; each
 MRSE is a mean over its elements (Eq. 8), so it is multiplied by ``sample_size`` before being
-added: after fairseq's division every term enters as "per token" (MLE, L_pred) or "per element"
-(MRSE), the balance Eq. 13 states.
+added: after fairseq's division every term enters as "per token" (MLE, L_pred; per sentence with
+``--sentence-avg``) or "per element" (MRSE, with or without it), the balance Eq. 13 states.
 
 The teacher: loaded from ``--teacher-path`` (a fairseq checkpoint of the same architecture,
-trained with MLE on D_N, e.g. by examples/dailydialog/train_nd.sh), checked against the task's
-dictionaries (here) and the student's decoder shape (first forward), frozen
-(``requires_grad_(False)``), kept in eval mode and run under ``torch.no_grad()``. It is held in a
-plain Python attribute, not as a sub-module, so it is neither in ``criterion.parameters()`` (the
-optimizer) nor in any state dict (fairseq saves ``criterion.state_dict()`` only for criteria with
-parameters), and it is moved to the student's device and dtype on the first forward.
+trained with MLE on D_N, e.g. by examples/dailydialog/train_nd.sh) and checked against the
+student task's dictionaries by ``teacher.py`` (one place for every teacher check), checked
+against the student's decoder shape on the first forward, frozen (``requires_grad_(False)``),
+kept in eval mode and run under ``torch.no_grad()``. It is held in a plain Python attribute, not
+as a sub-module, so it is neither in ``criterion.parameters()`` (the optimizer) nor in any state
+dict (fairseq saves ``criterion.state_dict()`` only for criteria with parameters), and it is
+moved to the student's device and dtype on the first forward.
 
-The training step s: fairseq tells the model, not the criterion, the update number
-(``task.train_step`` calls ``model.set_num_updates``). On its first forward the criterion chains
-itself to the model's ``set_num_updates``, so from the second update on it knows s; for the first
-forward it reads the update count the trainer last logged (right after resuming from a checkpoint
-that is the checkpoint's), else keeps 0 (or what ``set_num_updates`` on the criterion was called
-with). s counts completed updates (0 during the first). Logged: ``nd_alpha``, ``nd_step``, each term.
+The training step s: fairseq hands the update number to the task's ``train_step``;
+``--task knowledge_dialog`` passes it on through ``set_update_num`` before each training forward
+(``_task_contract.py``; after a resume it is the checkpoint's count), validation keeps the last
+training update's. s counts completed updates (0 during the first). The criterion refuses tasks
+that do not pass it on. Logged: ``nd_alpha``, ``nd_step``, each term.
 """
-import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from fairseq import checkpoint_utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.data import Dictionary
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
+from torch import Tensor
 
-from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics, target_and_sample_size
+from fairseq_plugins.criterions._mle import reduce_mle_metrics, target_and_sample_size
+from fairseq_plugins.criterions._task_contract import passes_update_num
+from fairseq_plugins.criterions.teacher import check_architecture, load_teacher
+from fairseq_plugins.models.capture import attention_mask, forward_with_scores, greedy_decode, output_logits
 from informative_dialogue.nd import losses as nd
 from informative_dialogue.nd import soft_unlikelihood as su
-from fairseq_plugins.models.capture import AttentionScoreCapture, attention_mask, greedy_decode, output_logits
 
 logger = logging.getLogger(__name__)
 
@@ -116,85 +116,24 @@ def parse_terms(spec: str) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _same_dictionary(a: Dictionary, b: Dictionary) -> bool:
-    return len(a) == len(b) and a.symbols == b.symbols and (a.pad(), a.eos(), a.unk(), a.bos()) == (
-        b.pad(), b.eos(), b.unk(), b.bos())
-
-
-def load_teacher(path: str, task) -> torch.nn.Module:
-    """Load the teacher checkpoint with the student task's dictionaries, after checking they
-    are the teacher's: its embedding sizes must equal the dictionaries' lengths and, where the
-    teacher's data folder is still there, its dictionary files must hold the same symbols.
-
-    Raises FileNotFoundError, or ValueError naming the mismatch.
-    """
-    if not path:
-        raise ValueError("negative_distillation needs --teacher-path (a checkpoint of the negative teacher)")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--teacher-path {path}: no such file")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    cfg = state["cfg"]
-    weights = state["model"]
-    problems = []
-    for side, dictionary in (("encoder", task.source_dictionary), ("decoder", task.target_dictionary)):
-        key = f"{side}.embed_tokens.weight"
-        if dictionary is not None and key in weights and weights[key].size(0) != len(dictionary):
-            problems.append(f"{side} vocabulary: teacher {weights[key].size(0)} entries, "
-                            f"student task {len(dictionary)}")
-    teacher_data = getattr(cfg.task, "data", None) if cfg is not None and "task" in cfg else None
-    if not problems and teacher_data:
-        for lang, dictionary in ((getattr(cfg.task, "source_lang", None), task.source_dictionary),
-                                 (getattr(cfg.task, "target_lang", None), task.target_dictionary)):
-            dict_path = os.path.join(str(teacher_data).split(os.pathsep)[0], f"dict.{lang}.txt")
-            if lang and dictionary is not None and os.path.isfile(dict_path):
-                if not _same_dictionary(Dictionary.load(dict_path), dictionary):
-                    problems.append(f"dictionary {dict_path} (the teacher's) differs from the student's "
-                                    "(same size but different symbols or order)")
-    if problems:
-        raise ValueError(
-            f"teacher {path} is incompatible with the student's dictionaries: " + "; ".join(problems)
-            + ". Binarise the negative set with the student's dictionaries "
-            "(fairseq-preprocess --srcdict/--tgtdict) and retrain the teacher."
-        )
-    model = task.build_model(cfg.model)
-    model.load_state_dict(weights, strict=True, model_cfg=cfg.model)
-    model.requires_grad_(False)
-    model.eval()
-    return model
-
-
-def check_architecture(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
-    """The ND terms pair the decoders layer by layer and element by element: raise ValueError
-    unless both have the same number of decoder layers, model dimension, heads and vocabulary."""
-
-    def shape(model):
-        dec = model.decoder
-        layer = dec.layers[0] if len(dec.layers) else None
-        return {
-            "decoder layers": len(dec.layers),
-            "decoder embed dim": dec.embed_dim if hasattr(dec, "embed_dim") else None,
-            "decoder attention heads": layer.self_attn.num_heads if layer is not None else None,
-            "encoder-decoder attention heads": (
-                layer.encoder_attn.num_heads if layer is not None and layer.encoder_attn is not None else None),
-            "output vocabulary": dec.output_projection.out_features if hasattr(dec, "output_projection") else None,
-        }
-
-    s, t = shape(student), shape(teacher)
-    diff = [f"{k}: student {s[k]}, teacher {t[k]}" for k in s if s[k] != t[k]]
-    if diff:
-        raise ValueError("negative teacher and student architectures differ (" + "; ".join(diff)
-                         + "); train the teacher with the student's architecture flags")
-
-
-def _trainer_num_updates() -> Optional[int]:
-    """The update count fairseq's trainer last logged (``Trainer.set_num_updates`` logs it to the
-    always-active "default" metrics aggregator, also when it resumes from a checkpoint), or None."""
-    try:
-        meter = metrics.get_meter("default", "num_updates")
-    except Exception:  # pragma: no cover - metrics internals changed
-        return None
-    value = getattr(meter, "val", None) if meter is not None else None
-    return int(value) if value is not None else None
+def feature_terms(net_output, t_output, s_scores: Dict[str, List[Tensor]], t_scores: Dict[str, List[Tensor]],
+                  net_input: dict, target_mask: Tensor, pad: int, use_hid: bool, scale: float
+                  ) -> Tuple[List[Tensor], List[Tensor]]:
+    """``(L_hid^l for each layer, L_att^l for each layer and attention kind)`` (Eq. 9, 12), each
+    MRSE times ``scale`` (the sample size). Hidden states: the decoder layers' outputs
+    ``inner_states[1:]`` ``(T, B, C)`` at real target positions; attention scores ``(B, H, T, S)``
+    at real query rows and valid keys (causal and non-pad for self-attention, non-pad source for
+    encoder attention)."""
+    hid = []
+    if use_hid:
+        hid = nd.scaled_mrse(net_output[1]["inner_states"][1:], t_output[1]["inner_states"][1:],
+                             target_mask.t().unsqueeze(-1), scale)
+    att = []
+    for kind, scores in s_scores.items():
+        keys = net_input["prev_output_tokens"] if kind == "self" else net_input["src_tokens"]
+        mask = attention_mask(kind, target_mask, keys.eq(pad))
+        att += nd.scaled_mrse(scores, t_scores[kind], mask, scale)
+    return hid, att
 
 
 @register_criterion("negative_distillation", dataclass=NegativeDistillationConfig)
@@ -204,6 +143,9 @@ class NegativeDistillationCriterion(FairseqCriterion):
                  nd_terms="pred,hid,att", nd_attention="self", nd_target="soft", nd_random_targets="",
                  nd_clamp=1e-6, seed=1, sentence_avg=False):
         super().__init__(task)
+        if not passes_update_num(task):
+            raise ValueError(f"negative_distillation needs --task knowledge_dialog (task {type(task).__name__} "
+                             "does not hand the criterion the update number its alpha schedule needs)")
         self.sentence_avg = sentence_avg
         self.eps = label_smoothing
         self.alpha_schedule = str(nd_alpha_schedule)
@@ -225,7 +167,7 @@ class NegativeDistillationCriterion(FairseqCriterion):
         self._checked_student = False
         # a plain list hides the teacher from nn.Module registration: no parameters, no state dict
         self._teacher: List[torch.nn.Module] = [load_teacher(teacher_path, task)]
-        self._random_targets: Optional[List[torch.Tensor]] = None
+        self._random_targets: Optional[List[Tensor]] = None
         if self.target_kind == "random":
             if not nd_random_targets:
                 raise ValueError("--nd-target random needs --nd-random-targets (the D_N responses)")
@@ -239,7 +181,7 @@ class NegativeDistillationCriterion(FairseqCriterion):
     def teacher(self) -> torch.nn.Module:
         return self._teacher[0]
 
-    def _load_random_targets(self, path: str) -> List[torch.Tensor]:
+    def _load_random_targets(self, path: str) -> List[Tensor]:
         d = self.task.target_dictionary
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f if line.strip()]
@@ -247,29 +189,16 @@ class NegativeDistillationCriterion(FairseqCriterion):
             raise ValueError(f"--nd-random-targets {path} holds no response")
         return [d.encode_line(line, add_if_not_exist=False, append_eos=True).long() for line in lines]
 
-    def set_num_updates(self, num_updates: int) -> None:
-        """The training step s of the progressive schedule."""
-        self.num_updates = int(num_updates)
+    def set_update_num(self, update_num: int) -> None:
+        """The training step s of the progressive schedule (from ``knowledge_dialog``'s train_step)."""
+        self.num_updates = int(update_num)
 
     def _prepare(self, model) -> torch.nn.Module:
-        """First forward: check shapes, chain to the model's set_num_updates; every forward:
-        keep the teacher on the student's device/dtype and in eval mode."""
+        """First forward: check the student's shape; every forward: keep the teacher on the
+        student's device/dtype and in eval mode."""
         teacher = self.teacher
         if not self._checked_student:
             check_architecture(model, teacher)
-            resumed = _trainer_num_updates()
-            if resumed is not None:
-                self.num_updates = resumed
-            if not getattr(model, "_nd_step_hooked", False):
-                original = model.set_num_updates
-                criterion = self
-
-                def set_num_updates(num_updates, _original=original):
-                    criterion.set_num_updates(num_updates)
-                    _original(num_updates)
-
-                model.set_num_updates = set_num_updates
-                model._nd_step_hooked = True
             self._checked_student = True
         param = next(model.parameters())
         tparam = next(teacher.parameters())
@@ -285,8 +214,9 @@ class NegativeDistillationCriterion(FairseqCriterion):
         return nd.progressive_alpha(self.num_updates, self.lam, self.gamma, self.beta)
 
     # --- loss -------------------------------------------------------------------------------
-    def _negative_tokens(self, sample, teacher, target) -> torch.Tensor:
-        """``(B, T)`` one-hot negative targets for --nd-target hard/random, padded with pad."""
+    def _negative_tokens(self, sample, teacher, target) -> Tensor:
+        """``(B, T)`` one-hot negative targets for --nd-target hard (the teacher's greedy response)
+        or random (a random D_N response), padded with pad."""
         bsz, tgt_len = target.shape
         pad = self.padding_idx
         if self.target_kind == "hard":
@@ -306,69 +236,51 @@ class NegativeDistillationCriterion(FairseqCriterion):
             tokens = torch.cat([tokens, tokens.new_full((bsz, tgt_len - tokens.size(1)), pad)], dim=1)
         return tokens[:, :tgt_len]
 
+    def mle_and_pred(self, model, net_output, sample, target, teacher, t_output, alpha: float, use_pred: bool):
+        """The first two terms of Eq. 13: ``(head, mle, nll, pred)``, head =
+        ``(1 - alpha) L_mle + alpha L_pred`` (differentiable), the others for the logs (pred
+        None without L_pred). Soft targets at t = 1: one fused pass over the student's
+        log-probabilities (``soft_unlikelihood.mle_and_soft_unlikelihood``); else L_mle is
+        fairseq's label-smoothed NLL and L_pred the soft or one-hot unlikelihood."""
+        pad = self.padding_idx
+        target_mask = target.ne(pad)
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        pred = None
+        if use_pred and self.target_kind == "soft":
+            # the teacher's logits are read once, block by block; their buffer then holds L_pred's gradient
+            t_logits = output_logits(teacher, t_output[0])
+            if self.temperature == 1.0:
+                return su.mle_and_soft_unlikelihood(lprobs, target, t_logits, alpha, self.eps, pad, self.clamp,
+                                                    overwrite_teacher=True)
+            pred = su.soft_unlikelihood(net_output[0], t_logits, target_mask, self.temperature, self.clamp,
+                                        overwrite_teacher=True)
+        elif use_pred:
+            neg = self._negative_tokens(sample, teacher, target)
+            pred = nd.hard_unlikelihood(net_output[0], neg, target_mask & neg.ne(pad), self.temperature, self.clamp)
+        mle, nll = label_smoothed_nll_loss(lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps,
+                                           ignore_index=pad, reduce=True)
+        return nd.mle_and_pred(mle, alpha, pred), mle, nll, pred
+
     def forward(self, model, sample, reduce=True):
+        """Eq. 13, assembled as :meth:`mle_and_pred` + alpha * (L_hid + L_att) (``nd.add_features``)."""
         teacher = self._prepare(model)
         alpha = self.current_alpha()
         use = set(self.terms) if alpha != 0.0 else set()
         att_kind = self.attention if "att" in use else None
-
-        capture_s = AttentionScoreCapture(model.decoder, att_kind) if att_kind else contextlib.nullcontext()
-        with capture_s:
-            net_output = model(**sample["net_input"])
-        soft_pred = "pred" in use and self.target_kind == "soft"
-        # at t = 1 the MLE term and L_pred are computed together from the student's log-softmax
-        # (one log-softmax, one pass writing the gradient of both)
-        fused = soft_pred and self.temperature == 1.0
-        if fused:
-            target, sample_size = target_and_sample_size(model, net_output, sample, self.sentence_avg)
-        else:
-            mle, nll, target, sample_size = label_smoothed_mle(
-                model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
-            )
-
-        weighted = None  # (1 - alpha) mle + alpha pred, when fused
-        pred = None
-        hid: List[torch.Tensor] = []
-        att: List[torch.Tensor] = []
+        net_input = sample["net_input"]
+        net_output, s_scores = forward_with_scores(model, net_input, att_kind)
+        target, sample_size = target_and_sample_size(model, net_output, sample, self.sentence_avg)
+        t_output, t_scores = None, {}
         if use:
-            target_mask = target.ne(self.padding_idx)
-            net_input = sample["net_input"]
-            capture_t = AttentionScoreCapture(teacher.decoder, att_kind) if att_kind else contextlib.nullcontext()
-            with torch.no_grad(), capture_t:
-                t_output = teacher(**net_input, features_only=True)
-            if soft_pred:
-                # the teacher's logits are read once, block by block, and their buffer then
-                # holds L_pred's gradient (overwrite_teacher)
-                t_logits = output_logits(teacher, t_output[0])
-                if fused:
-                    lprobs = model.get_normalized_probs(net_output, log_probs=True)
-                    weighted, mle, nll, pred = su.mle_and_soft_unlikelihood(
-                        lprobs, target, t_logits, alpha, self.eps, self.padding_idx, self.clamp,
-                        overwrite_teacher=True)
-                else:
-                    pred = su.soft_unlikelihood(net_output[0], t_logits, target_mask, self.temperature, self.clamp,
-                                                overwrite_teacher=True)
-            elif "pred" in use:
-                neg = self._negative_tokens(sample, teacher, target)
-                pred = nd.hard_unlikelihood(net_output[0], neg, target_mask & neg.ne(self.padding_idx),
-                                            self.temperature, self.clamp)
-            if "hid" in use:
-                s_states = net_output[1]["inner_states"][1:]
-                t_states = t_output[1]["inner_states"][1:]
-                state_mask = target_mask.t().unsqueeze(-1)  # (T, B, 1)
-                hid = [nd.mrse(s, t, state_mask) * sample_size for s, t in zip(s_states, t_states)]
-            if att_kind:
-                prev = net_input["prev_output_tokens"]
-                src_pad = net_input["src_tokens"].eq(self.padding_idx)
-                for kind in capture_s.kinds:
-                    key_pad = prev.eq(self.padding_idx) if kind == "self" else src_pad
-                    mask = attention_mask(kind, target_mask, key_pad)
-                    for s, t in zip(capture_s.scores[kind], capture_t.scores[kind]):
-                        att.append(nd.mrse(s, t, mask) * sample_size)
-        if weighted is not None:  # Eq. 13, its first two terms already summed
-            loss = weighted + alpha * sum(hid + att) if hid or att else weighted
-        else:
-            loss = nd.combine(mle, alpha, pred, hid, att)
+            with torch.no_grad():
+                t_output, t_scores = forward_with_scores(teacher, net_input, att_kind, features_only=True)
+        head, mle, nll, pred = self.mle_and_pred(model, net_output, sample, target, teacher, t_output, alpha,
+                                                 "pred" in use)
+        hid, att = [], []
+        if "hid" in use or att_kind:
+            hid, att = feature_terms(net_output, t_output, s_scores, t_scores, net_input, target.ne(self.padding_idx),
+                                     self.padding_idx, "hid" in use, sample_size)
+        loss = nd.add_features(head, alpha, hid + att)
 
         logging_output = {
             "loss": loss.data,

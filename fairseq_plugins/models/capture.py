@@ -15,6 +15,8 @@
   select the valid elements with :func:`attention_mask`. The model's own outputs are untouched:
   the hooks return ``None`` and do not modify inputs.
 
+- :func:`forward_with_scores`: a forward pass with or without the capture.
+
 - :func:`output_logits`: the output projection of teacher-forced decoder features as one matrix
   product.
 
@@ -114,6 +116,17 @@ class AttentionScoreCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def forward_with_scores(model: nn.Module, net_input: dict, kind: Optional[str], **kwargs):
+    """``(model(**net_input, **kwargs), scores)``: the model's output and, for ``kind`` (see
+    :class:`AttentionScoreCapture`), the captured scores ``{kind: [per layer]}``; ``{}`` for
+    ``kind=None`` (no hooks)."""
+    if kind is None:
+        return model(**net_input, **kwargs), {}
+    with AttentionScoreCapture(model.decoder, kind) as capture:
+        output = model(**net_input, **kwargs)
+    return output, capture.scores
 
 
 def attention_mask(

@@ -15,6 +15,12 @@ so no KI loss term on it). Generation never needs them (the flag is off by defau
 
 Knowledge-infused decoding: ``fairseq-generate ... --task knowledge_dialog --kid --kid-trie
 test.trie.jsonl [--kid-hops 4 --kid-steps 3 ...]`` (flags: ``generation/kid_config.py``).
+
+For the plugin's criteria, ``train_step`` / ``valid_step`` hand the criterion the update number
+(negative distillation's progressive alpha) and each newly loaded dataset (start-up checks such
+as knowledge internalization's ids against its table), and every checkpoint stores the
+dictionaries' symbols (checked when it serves as a negative teacher); see
+``criterions/_task_contract.py``.
 """
 import logging
 import os
@@ -24,6 +30,11 @@ from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from fairseq_plugins.criterions._task_contract import (
+    DICTIONARY_STATE_KEY,
+    dictionary_state,
+    prepare_criterion,
+)
 from fairseq_plugins.data.batching import CompleteBatchesMixin
 from fairseq_plugins.data.knowledge_aligned_dataset import KnowledgeAlignedDataset
 from informative_dialogue.ki.alignments import KnowledgeAlignments, alignment_paths, alignments_exist
@@ -57,6 +68,29 @@ class KnowledgeDialogTask(CompleteBatchesMixin, KIDTaskMixin, TranslationTask):
     knowledge-infused decoding generator (see ``fairseq_plugins.generation.kid_generator``)."""
 
     cfg: KnowledgeDialogConfig
+    passes_update_num_to_criterion = True  # _task_contract.PASSES_UPDATE_NUM: train_step hands it over
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._criterion_checked: dict = {}  # split -> the dataset last handed to the criterion
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        """fairseq's train_step, after handing the criterion the update number and the datasets
+        loaded since the last step (``fairseq_plugins/criterions/_task_contract.py``)."""
+        prepare_criterion(criterion, self.datasets, self._criterion_checked, update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+
+    def valid_step(self, sample, model, criterion, **kwargs):
+        """fairseq's valid_step, after handing the criterion the datasets loaded since the last step."""
+        prepare_criterion(criterion, self.datasets, self._criterion_checked)
+        return super().valid_step(sample, model, criterion, **kwargs)
+
+    def state_dict(self):
+        """fairseq's task state plus the dictionaries' symbols, so that every checkpoint carries
+        its vocabulary (checked when the checkpoint serves as a negative teacher)."""
+        state = dict(super().state_dict() or {})
+        state[DICTIONARY_STATE_KEY] = dictionary_state(self)
+        return state
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         """Load ``split`` as translation does; with ``--knowledge-alignments`` wrap it in a

@@ -9,14 +9,17 @@ with K_i^- drawn uniformly from the knowledge labels of the tokens of *other* se
 batch, K_i^- != K_i (by id). With ``n`` negatives per token the hinge is averaged over them.
 
 Pure tensor functions, no fairseq: the criterion
-``fairseq_plugins.criterions.knowledge_internalization`` calls them. Notation: ``N`` labelled
+``fairseq_plugins.criterions.knowledge_internalization`` calls them (:func:`ki_loss` for a batch,
+:func:`check_labels` for a batch's labels, :func:`check_alignment_ids` for a whole split at
+start-up). Notation: ``N`` labelled
 tokens of the batch, flattened row-major (sentence by sentence, in token order), ``C`` the
 encoder size, ``d`` the projection size, ``n`` negatives per token.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -164,3 +167,69 @@ def ki_token_losses(h: Tensor, k_pos: Tensor, k_neg: Tensor, margin: float) -> T
     pos = (h * k_pos).sum(-1)
     negs = torch.einsum("nd,nkd->nk", h, k_neg)
     return hinge(pos, negs, margin)
+
+
+def check_labels(knowledge: Tensor, src_tokens: Tensor, real: Tensor, table_rows: int, table_name: str,
+                 padding_idx: int) -> None:
+    """The input contract of a batch's knowledge labels: raise ValueError unless ``knowledge``
+    has the shape of ``src_tokens``, holds integer ids within a table of ``table_rows`` rows
+    (``table_name`` in the message), and 0 wherever ``real`` (non-pad, non-EOS) is False."""
+    if knowledge.shape != src_tokens.shape:
+        raise ValueError(f'sample["knowledge"] has shape {tuple(knowledge.shape)} but src_tokens '
+                         f"{tuple(src_tokens.shape)}: the labels must be position-aligned with the source")
+    if knowledge.dtype.is_floating_point or knowledge.dtype == torch.bool:
+        raise ValueError(f'sample["knowledge"] must hold integer ids, got {knowledge.dtype}')
+    out_of_range = knowledge.lt(0) | knowledge.ge(table_rows)
+    misplaced = knowledge.ne(0) & ~real
+    if not bool((out_of_range | misplaced).any()):
+        return
+    if bool(out_of_range.any()):
+        bad = int(knowledge[out_of_range][0])
+        raise ValueError(f"knowledge id {bad} out of range: the table {table_name} has "
+                         f"{table_rows} rows (valid ids 0..{table_rows - 1})")
+    row, col = (int(v) for v in misplaced.nonzero()[0])
+    what = "padding" if src_tokens[row, col].eq(padding_idx) else "EOS"
+    raise ValueError(f"knowledge id {int(knowledge[row, col])} at a {what} position (sentence {row}, "
+                     f"position {col}): labels must be 0 there; are the labels padded on a different "
+                     "side from src_tokens?")
+
+
+def check_alignment_ids(alignments, table_rows: int, table_name: str) -> None:
+    """Start-up check of a whole split's alignments (``informative_dialogue.ki.alignments.
+    KnowledgeAlignments``: flat ``ids``, ``offsets``, ``path``) against a knowledge table of
+    ``table_rows`` rows: raise ValueError naming the alignment file, the first line (1-based)
+    with an id beyond the table, that id and the table."""
+    ids = np.asarray(alignments.ids)
+    beyond = np.flatnonzero(ids >= table_rows) if ids.size else ids[:0]
+    if beyond.size == 0:
+        return
+    first = int(beyond[0])
+    line = int(np.searchsorted(np.asarray(alignments.offsets), first, side="right"))
+    raise ValueError(
+        f"{alignments.path}:{line}: knowledge id {int(ids[first])} is beyond the knowledge table {table_name} "
+        f"({table_rows} rows, valid ids 0..{table_rows - 1}; {beyond.size} id(s) beyond it in all): were the "
+        "alignments mined with another knowledge base or index?")
+
+
+def ki_loss(states: Tensor, valid: Tensor, knowledge: Tensor, labelled_positions: Tensor, f1: nn.Module,
+            f2: nn.Module, knowledge_vectors: Callable[[Tensor], Tensor], margin: float, normalize: bool = True,
+            num_negatives: int = 1) -> Tuple[Tensor, int, int]:
+    """L_KI (Eq. 3) of a batch, summed over its labelled tokens.
+
+    Args:
+        states: encoder states ``(B, S1, C)``; valid: ``(B, S1)`` bool, their real positions.
+        knowledge: ``(B, S2)`` ids; labelled_positions: ``(B, S2)`` the source's non-pad positions
+            (paired with ``valid`` by order, :func:`align_by_order`).
+        f1, f2: the projections of Eq. 2; knowledge_vectors: ids ``(M,)`` -> g(K) ``(M, d_k)``.
+    Returns:
+        ``(loss (sum over tokens), tokens used, tokens labelled)``; tokens whose batch has no
+        valid negative are labelled but not used.
+    """
+    h, ids, sentence = align_by_order(states, valid, knowledge, labelled_positions)
+    keep = ids.ne(0)
+    h, ids, sentence = h[keep], ids[keep], sentence[keep]
+    neg, has_negative = sample_negatives(ids, sentence, num_negatives)
+    hp = project(h[has_negative], f1, normalize)  # (N, d)
+    kp = project(knowledge_vectors(ids), f2, normalize)  # (M, d)
+    losses = ki_token_losses(hp, kp[has_negative], kp[neg[has_negative]], margin)
+    return losses.sum(), int(has_negative.sum()), int(ids.numel())

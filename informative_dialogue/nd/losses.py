@@ -18,12 +18,18 @@ teacher):
   which is what keeps the student from running off while the MLE term holds it to the data.
 - ``progressive_alpha`` (Eq. 14–16): ``alpha(s) = lambda * sigma'(beta (s - gamma))``, a bump
   peaking at ``lambda / 4`` when ``s = gamma``.
-- ``combine`` (Eq. 13): ``(1 - alpha) L_mle + alpha (L_pred + sum_l L_hid^l + sum_l L_att^l)``.
+- ``combine`` (Eq. 13): ``(1 - alpha) L_mle + alpha (L_pred + sum_l L_hid^l + sum_l L_att^l)``,
+  assembled as ``mle_and_pred`` (its first two terms, which the fused kernel
+  ``soft_unlikelihood.mle_and_soft_unlikelihood`` computes in one pass) plus
+  ``alpha * sum(features)`` (``add_features``): the criterion assembles it the same way
+  whichever kernel gave the first two terms.
+- ``scaled_mrse``: the MRSE terms of one kind, each times the criterion's ``sample_size``
+  (fairseq divides the loss by it, so each MRSE, a mean, enters "per element").
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +38,8 @@ from torch import Tensor
 from informative_dialogue.nd.soft_unlikelihood import log1mexp
 
 __all__ = [
-    "hard_unlikelihood", "mrse",
-    "progressive_alpha", "mean_progressive_alpha", "combine",
+    "hard_unlikelihood", "mrse", "scaled_mrse",
+    "progressive_alpha", "mean_progressive_alpha", "mle_and_pred", "add_features", "combine",
 ]
 
 
@@ -126,6 +132,36 @@ def mean_progressive_alpha(total_steps: float, lam: float = 4.0, gamma: float = 
     return lam / beta * (sigmoid(beta * (total_steps - gamma)) - sigmoid(-beta * gamma)) / total_steps
 
 
+def scaled_mrse(students: Sequence[Tensor], teachers: Sequence[Tensor], mask: Optional[Tensor],
+                scale: float) -> List[Tensor]:
+    """``[mrse(s, t, mask) * scale for each layer]``: L_hid^l or L_att^l (Eq. 9, 12) of every
+    layer, scaled by the criterion's ``sample_size``."""
+    if len(students) != len(teachers):
+        raise ValueError(f"{len(students)} student layers but {len(teachers)} teacher layers")
+    return [mrse(s, t, mask) * scale for s, t in zip(students, teachers)]
+
+
+def mle_and_pred(mle: Tensor, alpha: float, pred: Optional[Tensor] = None) -> Tensor:
+    """The first two terms of Eq. 13, ``(1 - alpha) * mle + alpha * pred`` (pred absent: 0);
+    ``mle`` itself when ``alpha == 0``."""
+    if alpha == 0.0:
+        return mle
+    weighted = (1.0 - alpha) * mle
+    return weighted + alpha * pred if pred is not None else weighted
+
+
+def add_features(head: Tensor, alpha: float, features: Sequence[Tensor] = ()) -> Tensor:
+    """Eq. 13 from its first two terms ``head`` (:func:`mle_and_pred`):
+    ``head + alpha * (sum_l L_hid^l + sum_l L_att^l)``; ``head`` itself when there is no
+    feature term or ``alpha == 0``."""
+    if alpha == 0.0 or not features:
+        return head
+    total = features[0]
+    for term in features[1:]:
+        total = total + term
+    return head + alpha * total
+
+
 def combine(mle: Tensor, alpha: float, pred: Optional[Tensor] = None,
             hid: Sequence[Tensor] = (), att: Sequence[Tensor] = ()) -> Tensor:
     """Eq. 13: ``(1 - alpha) * mle + alpha * (pred + sum(hid) + sum(att))``; absent terms are 0.
@@ -133,11 +169,4 @@ def combine(mle: Tensor, alpha: float, pred: Optional[Tensor] = None,
     With ``alpha == 0`` this returns ``mle`` itself (same value and gradients), whatever the
     other terms hold.
     """
-    if alpha == 0.0:
-        return mle
-    negative = mle.new_zeros(())
-    if pred is not None:
-        negative = negative + pred
-    for term in list(hid) + list(att):
-        negative = negative + term
-    return (1.0 - alpha) * mle + alpha * negative
+    return add_features(mle_and_pred(mle, alpha, pred), alpha, list(hid) + list(att))
