@@ -7,6 +7,7 @@ set moves into the real output only when complete; line-aligned inputs are read 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -96,3 +97,12 @@ def dump_stats(path: str | os.PathLike, stats: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2, sort_keys=True)
     logger.info("stats: %s", json.dumps(stats, sort_keys=True))
+
+
+def add_text_options(parser: argparse.ArgumentParser, tokenizer_help: str, scope: str = "") -> None:
+    """The text options every ``prepare-*`` command shares: ``--lowercase``, ``--dedup`` and
+    ``--tokenizer none|bert``. ``scope`` prefixes the help texts (e.g. ``"(mini) "``)."""
+    parser.add_argument("--lowercase", action="store_true", help=f"{scope}lower-case all text")
+    parser.add_argument("--dedup", action="store_true",
+                        help=f"{scope}keep only the first of identical (src, tgt) pairs" + ("" if scope else " per split"))
+    parser.add_argument("--tokenizer", choices=["none", "bert"], default="none", help=tokenizer_help)

@@ -58,7 +58,7 @@ from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
-from data_prep.common import SPLITS, Example, SkipCounter, one_line, write_split, write_stats
+from data_prep.common import SPLITS, Example, SkipCounter, add_text_options, one_line, write_split, write_stats
 from informative_dialogue import text_io
 from informative_dialogue.cli import console_script, setup_logging
 from informative_dialogue.errors import CorpusError
@@ -263,14 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="empty knowledge when the responding speaker did not see the document (whoSawDoc); "
         "by default the conversation's current section is always attached",
     )
-    p.add_argument("--lowercase", action="store_true", help="lower-case all text")
-    p.add_argument("--dedup", action="store_true", help="keep only the first of identical (src, tgt) pairs per split")
-    p.add_argument(
-        "--tokenizer",
-        choices=["none", "bert"],
-        default="none",
-        help="tokenise with BERT uncased WordPiece (the separator stays one token)",
-    )
+    add_text_options(p, "tokenise with BERT uncased WordPiece (the separator stays one token)")
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     p.add_argument("--verbose", action="store_true")
     return p

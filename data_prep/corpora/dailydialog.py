@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
-from data_prep.common import Example, SkipCounter, dedup_examples, one_line, write_split, write_stats
+from data_prep.common import Example, SkipCounter, add_text_options, dedup_examples, one_line, write_split, write_stats
 from informative_dialogue.cli import console_script, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -148,14 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--context-turns", type=int, default=1, help="utterances of context (1 = single-turn pairs)")
     p.add_argument("--separator", default=EOU, help="token placed between context utterances")
-    p.add_argument("--lowercase", action="store_true", help="lower-case all text")
-    p.add_argument("--dedup", action="store_true", help="keep only the first of identical (src, tgt) pairs per split")
-    p.add_argument(
-        "--tokenizer",
-        choices=["none", "bert"],
-        default="none",
-        help="tokenise the output with BERT uncased WordPiece (tokenize-dialog does this and sentencepiece too)",
-    )
+    add_text_options(p, "tokenise the output with BERT uncased WordPiece (tokenize-dialog does this and sentencepiece too)")
     p.add_argument("--max-dialogues", type=int, default=None, help="keep only the first N dialogues of each split")
     p.add_argument("--splits", nargs="+", default=list(OFFICIAL_SPLITS), choices=list(OFFICIAL_SPLITS))
     p.add_argument("--verbose", action="store_true")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.ki.alignment_text import is_knowledge_id
-from data_prep.common import Example, SkipCounter, dedup_examples, one_line, write_split, write_stats
+from data_prep.common import Example, SkipCounter, add_text_options, dedup_examples, one_line, write_split, write_stats
 from informative_dialogue.cli import console_script, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -331,14 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=KNOWLEDGE_SEP,
         help=f"(mini) token placed, with spaces, between knowledge sentences (default {KNOWLEDGE_SEP})",
     )
-    p.add_argument("--lowercase", action="store_true", help="(mini) lower-case all text")
-    p.add_argument("--dedup", action="store_true", help="(mini) keep only the first of identical (src, tgt) pairs")
-    p.add_argument(
-        "--tokenizer",
-        choices=["none", "bert"],
-        default="none",
-        help="(mini) tokenise with BERT uncased WordPiece; ki is already tokenised",
-    )
+    add_text_options(p, "(mini) tokenise with BERT uncased WordPiece; ki is already tokenised", scope="(mini) ")
     p.add_argument("--verbose", action="store_true")
     return p
 
