@@ -4,7 +4,8 @@
 For every batch size, the same test examples are decoded (beam 1, sampling, same seed) by
 
 * ``plain``: fairseq's ``SequenceGenerator`` with ``search.Sampling``;
-* ``kid``:   :class:`KIDSequenceGenerator` with the same search and ``kid_steps`` Adam steps;
+* ``kid``:   :class:`KIDSequenceGenerator` with the same search and ``kid_steps`` Adam steps
+  (or the closed-form update of ``--kid-solver sigma``);
 
 after one warm-up pass, ``--repeats`` timed passes; the median wall time and the generated
 token count (EOS included, as fairseq counts hypothesis lengths) give tokens/s. An extra
@@ -34,7 +35,7 @@ import torch
 from informative_dialogue.kid.options import add_kid_arguments
 
 logger = logging.getLogger("kid_decoding_speed")
-KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "mode", "entity", "subwords")
+KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "mode", "entity", "subwords", "solver")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -147,7 +148,9 @@ def instrumented_pass(gen: Any, models: List[Any], batches: List[Dict[str, Any]]
         (EnsembleModel, "forward_encoder", "model forward (encoder)"),
         (KIDCore, "observe", "memory observe (entity test)"),
         (KIDCore, "demo_mask", "trie query / demonstrations"),
+        (KIDCore, "demo_index", "trie query / demonstrations"),
         (memory_module, "kid_policy_update", "policy update"),
+        (memory_module, "sigma_solve", "policy update"),
         (EntityMemory, "reorder", "memory reorder"),
         (KIDCore, "new_memory", "memory init"),
     ]

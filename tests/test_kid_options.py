@@ -107,7 +107,7 @@ def test_recipe_passes_kid_flags_only_when_set(tmp_path: Path) -> None:
     (tmp_path / "src").write_text("a\nb\n")
     (tmp_path / "trie.jsonl").write_text('{"id": 0, "trie": {}}\n{"id": 1, "trie": {}}\n')
     env = {k: v for k, v in os.environ.items() if k not in (
-        "HOPS", "KID_STEPS", "KID_LR", "KID_SIGMA", "KID_SUBWORDS", "KID_MEMORY", "KID_ARGS", "KID_NAME",
+        "HOPS", "KID_STEPS", "KID_LR", "KID_SIGMA", "KID_SUBWORDS", "KID_MEMORY", "KID_SOLVER", "KID_ARGS", "KID_NAME",
         "STAGES", "DECODERS", "OUT_DIR", "METRICS_MD")}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", WORK=str(tmp_path), STAGES="decode", DECODERS="kid",
                CHECKPOINT=str(tmp_path / "ckpt.pt"), SOURCE=str(tmp_path / "src"), TRIE=str(tmp_path / "trie.jsonl"),

@@ -72,7 +72,7 @@ def runs(shared_data: Path, tmp_path_factory) -> dict[str, dict]:
                 MAX_LEN_B="8", RETRIEVER="sparse", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for leaked in ("WORK", "DATA_BIN", "TOK_DIR", "CHECKPOINT", "OUT_DIR", "KID_DIR", "STAGES", "DECODERS", "SUBSET",
                    "COLLECTION", "COLLECTION_NAME", "KNOWLEDGE_SOURCE", "KNOWLEDGE_TAG", "KNOWLEDGE", "REFERENCE",
-                   "RETRIEVE_ARGS", "TOP_K", "HOPS", "KID_STEPS", "KID_NAME", "LITTLE_NAME", "KID_ARGS", "SEED",
+                   "RETRIEVE_ARGS", "TOP_K", "HOPS", "KID_STEPS", "KID_SOLVER", "KID_NAME", "LITTLE_NAME", "KID_ARGS", "SEED",
                    "METRICS", "METRICS_MD", "APPEND_MD", "MAX_EXAMPLES", "CMU_DOG", "WOW_MINI"):
         base.pop(leaked, None)
 

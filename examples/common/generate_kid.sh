@@ -15,7 +15,8 @@
 #                                                              -> OUT_DIR/SUBSET.sample.out
 #                beam5   beam search (BEAM = 5)                -> OUT_DIR/SUBSET.beam5.out
 #                kid     sampling + --kid: entity memory, HOPS-hop trie query, KID_STEPS policy
-#                        steps per token (§3.3, Alg. 1-2)      -> OUT_DIR/SUBSET.KID_NAME.out
+#                        steps per token (§3.3, Alg. 1-2; KID_SOLVER=sigma: the closed-form
+#                        update at KL = KID_SIGMA instead)     -> OUT_DIR/SUBSET.KID_NAME.out
 #                little  sampling + --kid-mode little (Little KID, A.3)
 #                                                              -> OUT_DIR/SUBSET.LITTLE_NAME.out
 #              sample, kid and little share SEED: they differ by the knowledge only
@@ -25,7 +26,8 @@
 #              -> OUT_DIR/SUBSET.<output name>.metrics.json, and one markdown table METRICS_MD
 #              (rebuilt by every run; APPEND_MD=1 adds rows instead)
 # Ablations. TAG = [COLLECTION_NAME.]RETRIEVER.kTOP_K names the retrieval and trie files,
-# KID_NAME = kid.TAG.hHOPS (HOPS unset: the default hops) and LITTLE_NAME = little.TAG the decoder
+# KID_NAME = kid.TAG.hHOPS[.KID_SOLVER] (HOPS unset: the default hops; the solver only when KID_SOLVER
+# is set) and LITTLE_NAME = little.TAG[.KID_SOLVER] the decoder
 # outputs, so the paper's ablations (§4.3: retriever, Table 3; hops, Fig. 2b; documents, Fig. 2a)
 # are loops that keep every output, e.g. on WoW:
 #   for r in dense sparse random; do
@@ -80,13 +82,14 @@ MAX_LEN_B="${MAX_LEN_B:-50}"                      # responses are at most MAX_LE
 HOPS="${HOPS:-}"                                  # --kid-hops: h_max
 KID_STEPS="${KID_STEPS:-}"                        # --kid-steps: K Adam steps per token (0 = plain decoding)
 KID_LR="${KID_LR:-}"                              # --kid-lr: Adam step size
-KID_SIGMA="${KID_SIGMA:-}"                        # --kid-sigma: target KL
+KID_SIGMA="${KID_SIGMA:-}"                        # --kid-sigma: target KL (sigma solver: the per-step KL spent)
+KID_SOLVER="${KID_SOLVER:-}"                      # --kid-solver: adam (Algorithm 1) | sigma (closed form at KL = sigma)
 KID_SUBWORDS="${KID_SUBWORDS:-}"                  # --kid-subwords: first | all subwords of each knowledge word
 KID_MEMORY="${KID_MEMORY:-}"                      # --kid-memory: w_max (unset: the hops)
 KID_ARGS="${KID_ARGS:-}"                          # more, e.g. --kid-entity content --kid-beta 2 --kid-allow-empty-tries
 HOPS_NAME="${HOPS:-$(python3 -m informative_dialogue.kid.options hops)}"   # the hops as file names show them
-KID_NAME="${KID_NAME:-kid.$KNOWLEDGE_TAG.h$HOPS_NAME}"
-LITTLE_NAME="${LITTLE_NAME:-little.$KNOWLEDGE_TAG}"
+KID_NAME="${KID_NAME:-kid.$KNOWLEDGE_TAG.h$HOPS_NAME${KID_SOLVER:+.$KID_SOLVER}}"
+LITTLE_NAME="${LITTLE_NAME:-little.$KNOWLEDGE_TAG${KID_SOLVER:+.$KID_SOLVER}}"
 OUT_DIR="${OUT_DIR:-$(dirname "$CHECKPOINT")/gen_kid}"
 # --- evaluation -----------------------------------------------------------------------------
 # references, one per example (fairseq's T- lines show out-of-vocabulary words as <<unk>>); empty: T- lines
@@ -155,7 +158,7 @@ if has_stage decode; then
   # shellcheck disable=SC2206
   kid=(--kid --kid-trie "$TRIE" ${HOPS:+--kid-hops "$HOPS"} ${KID_STEPS:+--kid-steps "$KID_STEPS"}
        ${KID_LR:+--kid-lr "$KID_LR"} ${KID_SIGMA:+--kid-sigma "$KID_SIGMA"} ${KID_SUBWORDS:+--kid-subwords "$KID_SUBWORDS"}
-       ${KID_MEMORY:+--kid-memory "$KID_MEMORY"} $KID_ARGS)
+       ${KID_MEMORY:+--kid-memory "$KID_MEMORY"} ${KID_SOLVER:+--kid-solver "$KID_SOLVER"} $KID_ARGS)
   for decoder in $DECODERS; do
     case "$decoder" in
       sample) search=("${sampling[@]}") ;;

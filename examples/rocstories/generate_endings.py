@@ -8,7 +8,8 @@ module holds the command line, the model loading and the prompts.
 
 KID options: ``--kid-*`` (defaults and meaning from
 :class:`~informative_dialogue.kid.options.KIDOptions`, the same as ``fairseq-generate --kid``;
-the mode comes from each method's prefix). A NaN, infinite or non-positive ``--kid-lr`` /
+the mode comes from each method's prefix; ``--kid-solver sigma`` replaces the Adam steps by the
+closed-form update at KL = ``--kid-sigma``). A NaN, infinite or non-positive ``--kid-lr`` /
 ``--kid-sigma`` / ``--kid-beta`` is an error; so is a trie file shorter than the stories or
 one with no knowledge at all (unless ``--kid-allow-empty-tries``), before the model is loaded.
 
@@ -61,7 +62,7 @@ from informative_dialogue.kid.options import add_kid_arguments, options_from_arg
 logger = logging.getLogger("generate_endings")
 
 DEFAULT_METHODS = "greedy,beam,sample,kid_greedy,kid_sample,little_greedy,little_sample"
-KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "entity", "subwords", "allow_empty_tries")
+KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "entity", "subwords", "allow_empty_tries", "solver")
 DEFAULT_INSTRUCTION = "Write the last sentence of this five-sentence story. Reply with one sentence only.\n\n"
 
 

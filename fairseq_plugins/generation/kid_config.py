@@ -27,6 +27,7 @@ from informative_dialogue.kid.token_mapping import SCHEMES
 KID_MODE_CHOICES = ChoiceEnum(list(CHOICES["mode"]))
 KID_SUBWORD_CHOICES = ChoiceEnum(list(CHOICES["subwords"]))
 KID_ENTITY_CHOICES = ChoiceEnum(list(CHOICES["entity"]))
+KID_SOLVER_CHOICES = ChoiceEnum(list(CHOICES["solver"]))
 KID_SCHEME_CHOICES = ChoiceEnum(list(SCHEMES))
 
 
@@ -71,6 +72,9 @@ class KIDConfig(FairseqDataclass):
     )
     kid_allow_empty_tries: bool = field(
         default=KIDOptions.allow_empty_tries, metadata={"help": HELP["allow_empty_tries"]}
+    )
+    kid_solver: KID_SOLVER_CHOICES = field(  # type: ignore[valid-type]
+        default=KIDOptions.solver, metadata={"help": HELP["solver"]}
     )
     # --- the target vocabulary -------------------------------------------------------------
     kid_vocab_scheme: KID_SCHEME_CHOICES = field(  # type: ignore[valid-type]

@@ -172,8 +172,9 @@ def build_kid_core(cfg: Any, tgt_dict: Any, n_examples: Optional[int] = None) ->
             "examples: line i must be the trie of example i (build the tries from the same subset)"
         )
     logger.info(
-        "KID: %s, hops %d, memory %d, K %d, lr %g, sigma %g, beta %g, %s-subword tokens (%s vocabulary), %d tries",
-        options.mode, options.hops, options.memory, options.steps, options.lr, options.sigma, options.beta,
+        "KID: %s, hops %d, memory %d, K %d, solver %s, lr %g, sigma %g, beta %g, %s-subword tokens (%s vocabulary), "
+        "%d tries",
+        options.mode, options.hops, options.memory, options.steps, options.solver, options.lr, options.sigma, options.beta,
         mapper.subwords, mapper.scheme, len(store),
     )
     return KIDCore(store, mapper, options)

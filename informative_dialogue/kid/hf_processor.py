@@ -107,7 +107,7 @@ class KIDLogitsProcessor:
         shared: use ``tries[0]`` for every input.
         options: a :class:`~informative_dialogue.kid.options.KIDOptions`.
         **kid: or the options as keywords (``hops``, ``memory``, ``steps``, ``lr``, ``sigma``,
-            ``beta``, ``mode``, ``entity``, ``subwords``, ``allow_empty_tries``; names,
+            ``beta``, ``mode``, ``entity``, ``subwords``, ``allow_empty_tries``, ``solver``; names,
             defaults and meaning: :class:`~informative_dialogue.kid.options.KIDOptions`).
             Giving ``options`` and keywords together is a ValueError.
 

@@ -27,10 +27,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from informative_dialogue.kid.options import KIDOptions, flag
+from informative_dialogue.kid.options import KIDOptions, default, flag
 from informative_dialogue.kid.trie import WordNormalizer
 from informative_dialogue.kid.trie_files import InMemoryTries, TrieStore
 from informative_dialogue.kid.policy_update import PolicyUpdateResult, kid_policy_update
+from informative_dialogue.kid.sigma_solver import pairs_to_index, sigma_solve
 from informative_dialogue.kid.token_mapping import TokenMapper
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,12 @@ class KIDCore:
 
     Shared by the fairseq generator and the Hugging Face logits processor; all state of a
     batch lives in the :class:`EntityMemory` passed in, the core only caches
-    demonstrations per (trie, memory).
+    demonstrations per (trie, memory). The update of a step is ``options.solver``'s: ``adam``
+    (:func:`~informative_dialogue.kid.policy_update.kid_policy_update`, dense (N, V)
+    demonstration mask, adaptive beta) or ``sigma``
+    (:func:`~informative_dialogue.kid.sigma_solver.sigma_solve`, demonstrations as (N, D_max)
+    token ids, KL(pi || pi*) = ``options.sigma`` on every row with demonstrations, beta
+    unchanged).
 
     Args:
         tries: a :class:`TrieStore` or :class:`InMemoryTries`.
@@ -163,7 +169,8 @@ class KIDCore:
     Raises:
         ValueError: the mapper's subword rule differs from the options', or every trie is
             empty (no knowledge: KID would be plain decoding) and ``options.allow_empty_tries``
-            is false; with it, one warning instead.
+            is false; with it, one warning instead. Under ``solver="sigma"``, an ``lr`` or
+            ``beta`` other than its default logs one warning (they are unused).
     """
 
     def __init__(
@@ -185,6 +192,11 @@ class KIDCore:
                 )
             logger.warning("KID: %s holds no knowledge (%d tries, all empty): decoding is plain decoding (%s)",
                            source, len(tries), flag("allow_empty_tries"))
+        if options.solver == "sigma":
+            unused = [flag(name) for name in ("lr", "beta") if getattr(options, name) != default(name)]
+            if unused:
+                logger.warning("KID: %s unused under %s sigma (the closed-form update spends %s %g per step)",
+                               " and ".join(unused), flag("solver"), flag("sigma"), options.sigma)
         self.tries = tries
         self.mapper = mapper
         self.options = options
@@ -297,6 +309,31 @@ class KIDCore:
             mask[torch.cat(flat)] = True
         return mask.view(len(state), vocab_size)
 
+    def demo_index(
+        self,
+        state: EntityMemory,
+        trie_indices: Sequence[int],
+        vocab_size: int,
+        device: torch.device,
+        active: Optional[Sequence[bool]] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Every row's demonstration tokens as ``(demo_index, demo_valid)``, both (N, D_max)
+        (the index form of :meth:`demo_mask`, for the sigma-solver; rows not active: none)."""
+        rows: List[Tensor] = []
+        toks: List[Tensor] = []
+        for row, (sent, mem) in enumerate(zip(state.sentence, state.memory)):
+            if active is not None and not active[row]:
+                continue
+            ids = self._demo_tensor(trie_indices[sent], mem, device)
+            if ids.numel():
+                ids = ids[ids < vocab_size]
+                toks.append(ids)
+                rows.append(torch.full_like(ids, row))
+        if not toks:
+            return pairs_to_index(torch.zeros(0, dtype=torch.long, device=device),
+                                  torch.zeros(0, dtype=torch.long, device=device), len(state))
+        return pairs_to_index(torch.cat(rows), torch.cat(toks), len(state))
+
     # -- the step -------------------------------------------------------------------------
     def update(
         self,
@@ -315,10 +352,25 @@ class KIDCore:
         trie_indices: Sequence[int],
         active: Optional[Sequence[bool]] = None,
     ) -> PolicyUpdateResult:
-        """:meth:`update` with the full :class:`PolicyUpdateResult` (KL, updated rows)."""
-        mask = self.demo_mask(state, trie_indices, log_probs.size(1), log_probs.device, active)
+        """:meth:`update` with the full :class:`PolicyUpdateResult` (KL, updated rows).
+
+        ``options.solver`` picks the update (class doc); both return a
+        :class:`PolicyUpdateResult` (under ``sigma`` its ``beta`` is ``state.beta``, unchanged).
+        ``options.steps == 0`` changes nothing under either solver (a clone of the input).
+        """
         o = self.options
-        res = kid_policy_update(log_probs, mask, state.beta, steps=o.steps, lr=o.lr, sigma=o.sigma)
+        if o.solver == "sigma":
+            n = log_probs.size(0)
+            if o.steps == 0:
+                res = PolicyUpdateResult(log_probs.clone(), state.beta, torch.zeros(n, device=log_probs.device),
+                                         torch.zeros(n, dtype=torch.bool, device=log_probs.device))
+            else:
+                index, valid = self.demo_index(state, trie_indices, log_probs.size(1), log_probs.device, active)
+                sol = sigma_solve(log_probs, o.sigma, index, valid)
+                res = PolicyUpdateResult(sol.log_probs, state.beta, sol.kl, sol.updated)
+        else:
+            mask = self.demo_mask(state, trie_indices, log_probs.size(1), log_probs.device, active)
+            res = kid_policy_update(log_probs, mask, state.beta, steps=o.steps, lr=o.lr, sigma=o.sigma)
         state.beta = res.beta
         if logger.isEnabledFor(logging.DEBUG):
             n_up = int(res.updated.sum())

@@ -27,21 +27,25 @@ import sys
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-__all__ = ["KIDOptions", "HELP", "CHOICES", "MODES", "ENTITY_RULES", "SUBWORD_RULES", "flag", "default",
+__all__ = ["KIDOptions", "HELP", "CHOICES", "MODES", "ENTITY_RULES", "SUBWORD_RULES", "SOLVERS", "flag", "default",
            "add_kid_arguments", "options_from_args"]
 
 MODES: Tuple[str, ...] = ("kid", "little")
 ENTITY_RULES: Tuple[str, ...] = ("key", "content")
 SUBWORD_RULES: Tuple[str, ...] = ("first", "all")
-CHOICES: Dict[str, Tuple[str, ...]] = {"mode": MODES, "entity": ENTITY_RULES, "subwords": SUBWORD_RULES}
+SOLVERS: Tuple[str, ...] = ("adam", "sigma")
+CHOICES: Dict[str, Tuple[str, ...]] = {"mode": MODES, "entity": ENTITY_RULES, "subwords": SUBWORD_RULES,
+                                       "solver": SOLVERS}
 
 HELP: Dict[str, str] = {
     "hops": "h_max, hops of the trie query",
     "memory": "w_max, length of the FIFO entity memory (unset: the value of --kid-hops)",
-    "steps": "K, Adam steps of the policy update per decoding step (0: plain decoding)",
-    "lr": "Adam step size of the policy update (a finite number > 0)",
-    "sigma": "target KL(pi || pi*) of the adaptive KL weight beta (a finite number > 0)",
-    "beta": "initial KL weight beta (a finite number > 0)",
+    "steps": "K, Adam steps of the policy update per decoding step (0: plain decoding, for either "
+             "--kid-solver; under --kid-solver sigma any K > 0 means one closed-form update)",
+    "lr": "Adam step size of the policy update (a finite number > 0; unused by --kid-solver sigma)",
+    "sigma": "target KL(pi || pi*) of the adaptive KL weight beta (adam), or the per-step KL budget "
+             "the update spends in full (sigma) (a finite number > 0)",
+    "beta": "initial KL weight beta (a finite number > 0; unused by --kid-solver sigma)",
     "mode": "kid: local memory + multi-hop trie query at every step; little: Little KID, every end "
             "node of the example's trie as a fixed demonstration list",
     "entity": "generated words that enter the memory: key (content words whose stem is a key of the "
@@ -49,6 +53,10 @@ HELP: Dict[str, str] = {
     "subwords": "reward the first subword of each knowledge word, or all its subwords",
     "allow_empty_tries": "decode anyway (plain decoding, labelled KID) when no example has any "
                          "knowledge; without it a trie file whose tries are all empty is an error",
+    "solver": "policy update: adam (Algorithm 1 as written: --kid-steps Adam steps of size --kid-lr, "
+              "adaptive beta aiming at --kid-sigma) or sigma (closed form: per row with demonstrations, "
+              "the largest demonstration mass at KL(pi || pi*) = --kid-sigma; beta, --kid-lr, --kid-beta "
+              "unused)",
 }
 
 
@@ -90,6 +98,11 @@ class KIDOptions:
             (the :class:`~informative_dialogue.kid.token_mapping.TokenMapper` must agree).
         allow_empty_tries: when every trie is empty, decode plainly (with a warning) instead
             of raising.
+        solver: the policy update: ``adam`` (Algorithm 1 as written,
+            :func:`~informative_dialogue.kid.policy_update.kid_policy_update`) or ``sigma``
+            (:func:`~informative_dialogue.kid.sigma_solver.sigma_solve`: KL(pi || pi*) =
+            ``sigma`` on every row with demonstrations; ``beta`` is left unchanged and ``lr``
+            and ``beta`` are unused; ``steps`` only says off (0) or on).
     """
 
     hops: int = 4
@@ -102,6 +115,7 @@ class KIDOptions:
     entity: str = "key"
     subwords: str = "first"
     allow_empty_tries: bool = False
+    solver: str = "adam"
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise in place once
