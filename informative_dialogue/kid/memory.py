@@ -22,7 +22,7 @@ immutable tuples, so reordering copies references only.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -288,6 +288,23 @@ class KIDCore:
             self._tensor_cache[ck] = t
         return t
 
+    def _row_demo_ids(
+        self,
+        state: EntityMemory,
+        trie_indices: Sequence[int],
+        vocab_size: int,
+        device: torch.device,
+        active: Optional[Sequence[bool]] = None,
+    ) -> Iterator[Tuple[int, Tensor]]:
+        """``(row, ids)`` for every active row with demonstrations: ids (D_row,) long, those
+        inside the vocabulary (``< vocab_size``)."""
+        for row, (sent, mem) in enumerate(zip(state.sentence, state.memory)):
+            if active is not None and not active[row]:
+                continue
+            ids = self._demo_tensor(trie_indices[sent], mem, device)
+            if ids.numel():
+                yield row, ids[ids < vocab_size]
+
     def demo_mask(
         self,
         state: EntityMemory,
@@ -297,13 +314,7 @@ class KIDCore:
         active: Optional[Sequence[bool]] = None,
     ) -> Tensor:
         """(N, V) bool mask of every row's demonstration tokens (rows not active: empty)."""
-        flat: List[Tensor] = []
-        for row, (sent, mem) in enumerate(zip(state.sentence, state.memory)):
-            if active is not None and not active[row]:
-                continue
-            ids = self._demo_tensor(trie_indices[sent], mem, device)
-            if ids.numel():
-                flat.append(ids[ids < vocab_size] + row * vocab_size)
+        flat = [ids + row * vocab_size for row, ids in self._row_demo_ids(state, trie_indices, vocab_size, device, active)]
         mask = torch.zeros(len(state) * vocab_size, dtype=torch.bool, device=device)
         if flat:
             mask[torch.cat(flat)] = True
@@ -321,14 +332,9 @@ class KIDCore:
         (the index form of :meth:`demo_mask`, for the sigma-solver; rows not active: none)."""
         rows: List[Tensor] = []
         toks: List[Tensor] = []
-        for row, (sent, mem) in enumerate(zip(state.sentence, state.memory)):
-            if active is not None and not active[row]:
-                continue
-            ids = self._demo_tensor(trie_indices[sent], mem, device)
-            if ids.numel():
-                ids = ids[ids < vocab_size]
-                toks.append(ids)
-                rows.append(torch.full_like(ids, row))
+        for row, ids in self._row_demo_ids(state, trie_indices, vocab_size, device, active):
+            toks.append(ids)
+            rows.append(torch.full_like(ids, row))
         if not toks:
             return pairs_to_index(torch.zeros(0, dtype=torch.long, device=device),
                                   torch.zeros(0, dtype=torch.long, device=device), len(state))
