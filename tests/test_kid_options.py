@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from dataclasses import fields
+from typing import Callable
 from pathlib import Path
 
 import pytest
@@ -94,10 +95,10 @@ def test_hf_processor_import_loads_no_fairseq_transformers_or_torch() -> None:
     assert out.strip() == "[]"
 
 
-def test_recipe_passes_kid_flags_only_when_set(tmp_path: Path) -> None:
-    """examples/common/generate_kid.sh's decode stage with a stand-in fairseq-generate that
-    prints its arguments: unset variables give no flag (the Python default applies) and the
-    output name carries the default hops; set ones give their flag."""
+def stand_in_decode(tmp_path: Path, decoders: str) -> Callable[..., dict[str, list[str]]]:
+    """A runner of examples/common/generate_kid.sh's decode stage (``DECODERS``) with a stand-in
+    fairseq-generate that prints its arguments: ``run(**env)`` returns {output name: arguments}
+    and removes the outputs. Every KID variable of the caller's environment is cleared."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "fairseq-generate"
@@ -106,21 +107,34 @@ def test_recipe_passes_kid_flags_only_when_set(tmp_path: Path) -> None:
     (tmp_path / "ckpt.pt").write_text("")
     (tmp_path / "src").write_text("a\nb\n")
     (tmp_path / "trie.jsonl").write_text('{"id": 0, "trie": {}}\n{"id": 1, "trie": {}}\n')
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "HOPS", "KID_STEPS", "KID_LR", "KID_SIGMA", "KID_SUBWORDS", "KID_MEMORY", "KID_SOLVER", "KID_ARGS", "KID_NAME",
-        "STAGES", "DECODERS", "OUT_DIR", "METRICS_MD")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", WORK=str(tmp_path), STAGES="decode", DECODERS="kid",
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KID_") and k not in (
+        "HOPS", "STAGES", "DECODERS", "OUT_DIR", "METRICS_MD", "LITTLE_NAME")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", WORK=str(tmp_path), STAGES="decode", DECODERS=decoders,
                CHECKPOINT=str(tmp_path / "ckpt.pt"), SOURCE=str(tmp_path / "src"), TRIE=str(tmp_path / "trie.jsonl"),
                OUT_DIR=str(tmp_path / "out"), RETRIEVER="sparse")
     script = str(REPO_ROOT / "examples" / "common" / "generate_kid.sh")
 
-    def decode(**extra: str) -> list[str]:
+    def run(**extra: str) -> dict[str, list[str]]:
         proc = subprocess.run(["bash", script], capture_output=True, text=True, env=dict(env, **extra))
         assert proc.returncode == 0, proc.stderr
-        (out,) = (tmp_path / "out").glob("*.out")
-        args = out.read_text().splitlines()
-        out.unlink()
-        return [out.name] + args
+        outs = {}
+        for out in sorted((tmp_path / "out").glob("*.out")):
+            outs[out.name] = out.read_text().splitlines()
+            out.unlink()
+        return outs
+
+    return run
+
+
+def test_recipe_passes_kid_flags_only_when_set(tmp_path: Path) -> None:
+    """examples/common/generate_kid.sh's decode stage with a stand-in fairseq-generate that
+    prints its arguments: unset variables give no flag (the Python default applies) and the
+    output name carries the default hops; set ones give their flag."""
+    run = stand_in_decode(tmp_path, "kid")
+
+    def decode(**extra: str) -> list[str]:
+        ((name, args),) = run(**extra).items()
+        return [name] + args
 
     plain = decode()
     assert plain[0] == f"test.kid.sparse.k5.h{KIDOptions.hops}.out"

@@ -19,6 +19,7 @@ from fairseq_plugins.generation.kid_generator import KIDSequenceGenerator
 from informative_dialogue.kid.memory import KIDCore
 from informative_dialogue.kid.options import KIDOptions, add_kid_arguments, options_from_args
 from tests.test_kid_generator import SENTS, batch, dictionary, hyps, make_core, norm, tiny_translation_model, toy_tries  # noqa: F401
+from tests.test_kid_options import stand_in_decode
 from tests.test_kid_options_fairseq import SOURCES, build_generator, parse, run_generate, work  # noqa: F401
 
 
@@ -182,35 +183,7 @@ def test_hf_processor_sigma_moves_the_distribution_by_sigma_adam_much_less(norm)
 # -- the recipe ------------------------------------------------------------------------------------
 def test_recipe_passes_kid_solver_only_when_set(tmp_path: Path) -> None:
     """examples/common/generate_kid.sh with a stand-in fairseq-generate that prints its arguments."""
-    import os
-    import subprocess
-
-    from tests.conftest import REPO_ROOT
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "fairseq-generate"
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
-    fake.chmod(0o755)
-    (tmp_path / "ckpt.pt").write_text("")
-    (tmp_path / "src").write_text("a\nb\n")
-    (tmp_path / "trie.jsonl").write_text('{"id": 0, "trie": {}}\n{"id": 1, "trie": {}}\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KID_") and k not in (
-        "HOPS", "STAGES", "DECODERS", "OUT_DIR", "METRICS_MD", "LITTLE_NAME")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", WORK=str(tmp_path), STAGES="decode",
-               DECODERS="kid little", CHECKPOINT=str(tmp_path / "ckpt.pt"), SOURCE=str(tmp_path / "src"),
-               TRIE=str(tmp_path / "trie.jsonl"), OUT_DIR=str(tmp_path / "out"), RETRIEVER="sparse")
-    script = str(REPO_ROOT / "examples" / "common" / "generate_kid.sh")
-
-    def decode(**extra: str) -> dict:
-        proc = subprocess.run(["bash", script], capture_output=True, text=True, env=dict(env, **extra))
-        assert proc.returncode == 0, proc.stderr
-        outs = {}
-        for out in sorted((tmp_path / "out").glob("*.out")):
-            outs[out.name] = out.read_text().splitlines()
-            out.unlink()
-        return outs
-
+    decode = stand_in_decode(tmp_path, "kid little")
     plain = decode()
     assert sorted(plain) == [f"test.kid.sparse.k5.h{KIDOptions.hops}.out", "test.little.sparse.k5.out"]
     assert all("--kid-solver" not in args for args in plain.values())
