@@ -2,7 +2,9 @@
 # One-command set-up on a fresh machine (Python 3.11; CPU, or CUDA where the user has it).
 # Usage: bash install.sh               install (PYTHON=/path/to/python bash install.sh for another interpreter)
 #        bash install.sh --if-needed   the same, skipped when this interpreter was installed from the same
-#                                      install.sh, requirements.txt and setup.py (`make quickstart` / `make test`)
+#                                      install.sh, requirements.txt and setup.py, editable from THIS checkout
+#                                      (`make quickstart` / `make test`)
+#        bash install.sh --check       exit 0 when --if-needed would skip, 1 when it would install (installs nothing)
 #        bash install.sh --fingerprint this interpreter's stamp file (.install.stamp.*) and what it records
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,22 +15,31 @@ PIP=("$PY" -m pip install --disable-pip-version-check)
 # stamp per interpreter, so that a virtual environment and the system Python do not undo each other).
 STAMP=".install.stamp.$({ command -v "$PY" || echo "$PY"; } | sha256sum | cut -c1-12)"
 fingerprint() {
-  { command -v "$PY" || echo "$PY"; "$PY" -c 'import sys; print(sys.prefix, sys.version)'; \
+  { command -v "$PY" || echo "$PY"; "$PY" -c 'import sys; print(sys.prefix, sys.version)'; pwd -P; \
     cat install.sh requirements.txt setup.py; } | sha256sum | cut -d' ' -f1
 }
 if [ "${1:-}" = "--fingerprint" ]; then
   echo "$STAMP $(fingerprint)"
   exit 0
-elif [ "${1:-}" = "--if-needed" ]; then
+elif [ "${1:-}" = "--if-needed" ] || [ "${1:-}" = "--check" ]; then
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ] \
-     && "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
-        ('torch', 'fairseq', 'faiss', 'transformers', 'informative_dialogue', 'fairseq_plugins')))" 2>/dev/null; then
+     && (here="$(pwd -P)" && cd / && ROOT_DIR="$here" "$PY" -c "import importlib.util as u, os, sys
+root = os.environ['ROOT_DIR'] + os.sep
+specs = [u.find_spec(m) for m in ('torch', 'fairseq', 'faiss', 'transformers')]
+ours = [u.find_spec(m) for m in ('informative_dialogue', 'fairseq_plugins', 'data_prep')]
+sys.exit(any(s is None for s in specs + ours)
+         or any(not (os.path.abspath(s.origin).startswith(root) or os.path.realpath(s.origin).startswith(root))
+                for s in ours))") 2>/dev/null; then
     echo "install.sh: up to date for $PY (install skipped; delete $STAMP to force it)"
     exit 0
   fi
+  if [ "$1" = "--check" ]; then
+    echo "install.sh: an install is needed for $PY (no stamp, changed install files, or the packages are not this checkout's)"
+    exit 1
+  fi
   echo "install.sh: installing for $PY (no stamp, or install.sh / requirements.txt / setup.py changed)"
 elif [ -n "${1:-}" ]; then
-  echo "install.sh: unknown argument '$1' (expected nothing, --if-needed or --fingerprint)" >&2
+  echo "install.sh: unknown argument '$1' (expected nothing, --if-needed, --check or --fingerprint)" >&2
   exit 2
 fi
 rm -f "$STAMP"

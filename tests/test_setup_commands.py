@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_FILES = ("install.sh", "requirements.txt", "setup.py")
@@ -38,9 +39,9 @@ def _copy_install_files(dest: Path) -> None:
         shutil.copy(REPO / name, dest / name)
 
 
-def _install(dest: Path, *args: str) -> subprocess.CompletedProcess:
+def _install(dest: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "install.sh", *args], cwd=dest, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, **(env or {})})
 
 
 def test_fingerprint_follows_the_install_files_and_the_interpreter(tmp_path: Path) -> None:
@@ -59,16 +60,40 @@ def test_fingerprint_follows_the_install_files_and_the_interpreter(tmp_path: Pat
     assert other != first
 
 
+OWN_PACKAGES = ("informative_dialogue", "fairseq_plugins", "data_prep")
+
+
+def _link_own_packages(dest: Path) -> Dict[str, str]:
+    """``dest`` holds (links to) the project's packages and comes first on the path, as an
+    editable install of ``dest`` would make it; returns the environment that says so."""
+    for name in OWN_PACKAGES:
+        (dest / name).symlink_to(REPO / name, target_is_directory=True)
+    return {"PYTHONPATH": str(dest)}
+
+
 def test_if_needed_skips_with_a_matching_stamp(tmp_path: Path) -> None:
-    """A matching stamp and an interpreter that has the packages: nothing is installed (the
-    real install would call pip, which this checks it never reaches)."""
+    """A matching stamp and an interpreter whose packages are this checkout's: nothing is
+    installed (the real install would call pip, which this checks it never reaches)."""
     _copy_install_files(tmp_path)
+    env = _link_own_packages(tmp_path)
     stamp, fingerprint = _install(tmp_path, "--fingerprint").stdout.split()
     (tmp_path / stamp).write_text(fingerprint + "\n")
-    proc = _install(tmp_path, "--if-needed")
+    proc = _install(tmp_path, "--if-needed", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "install skipped" in proc.stdout
     assert "pip" not in proc.stdout + proc.stderr
+    assert _install(tmp_path, "--check", env=env).returncode == 0
+
+
+def test_a_stamp_is_not_enough_when_the_packages_are_another_checkouts(tmp_path: Path) -> None:
+    """A machine image made from another checkout: the stamp matches, but the editable install
+    points elsewhere (here: to the real checkout, not ``tmp_path``), so an install is needed."""
+    _copy_install_files(tmp_path)
+    stamp, fingerprint = _install(tmp_path, "--fingerprint").stdout.split()
+    (tmp_path / stamp).write_text(fingerprint + "\n")
+    proc = _install(tmp_path, "--check")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "install is needed" in proc.stdout
 
 
 def test_unknown_argument_is_refused(tmp_path: Path) -> None:
