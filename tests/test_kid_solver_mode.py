@@ -32,7 +32,7 @@ def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 # -- the option ---------------------------------------------------------------------------------
 def test_solver_option_default_choices_and_argparse() -> None:
     assert KIDOptions().solver == "adam" and KIDOptions(solver="sigma").solver == "sigma"
-    with pytest.raises(ValueError, match=r"^--kid-solver / solver must be one of adam, sigma, got 'newton'$"):
+    with pytest.raises(ValueError, match=r"^--kid-solver / solver must be one of adam, sigma, kv, got 'newton'$"):
         KIDOptions(solver="newton")
     p = argparse.ArgumentParser()
     add_kid_arguments(p)
@@ -42,7 +42,8 @@ def test_solver_option_default_choices_and_argparse() -> None:
     import benchmarks.kid_decoding_speed as bench
     assert "solver" in bench.KID_FLAGS
     src = (Path(__file__).resolve().parents[1] / "examples" / "rocstories" / "generate_endings.py").read_text()
-    assert '"solver")' in src.split("KID_FLAGS = ", 1)[1].split("\n", 1)[0]
+    flags = src.split("KID_FLAGS = ", 1)[1].split(")", 1)[0]
+    assert all(f'"{name}"' in flags for name in ("solver", "kv_step", "kv_kl", "kv_gamma", "kv_mix"))
 
 
 def test_fairseq_flag_reaches_the_generators_options(work: Path) -> None:  # noqa: F811

@@ -268,6 +268,29 @@ def test_generate_endings_tiny_gpt2_end_to_end(ge, tiny_lm: str, story_files: di
     assert (out0 / "sample.hyp").read_text() == (out / "sample.hyp").read_text()
 
 
+def test_generate_endings_kv_solver_tiny_gpt2(ge, tiny_lm: str, story_files: dict, tmp_path: Path) -> None:
+    """--kid-solver kv decodes through kid_kv_generate: it acts (knowledge words rise, the
+    demonstrations' mass rises, story 3 with an empty trie is untouched), a zero step size is plain
+    decoding with the same filters (no-repeat bigrams included), and beam search is refused."""
+    common = ["--source", story_files["src"], "--tries", story_files["tries"], "--model", tiny_lm,
+              "--max-new-tokens", "8", "--batch-size", "2", "--kid-solver", "kv", "--no-repeat-ngram-size", "2"]
+    out = tmp_path / "kv"
+    report = ge.main(common + ["--methods", "greedy,kid_greedy", "--output-dir", str(out), "--kid-kv-step", "2.0"])
+    hyps = {m: (out / f"{m}.hyp").read_text().splitlines() for m in ("greedy", "kid_greedy")}
+    assert knowledge_words(hyps["kid_greedy"]) > knowledge_words(hyps["greedy"])
+    assert hyps["kid_greedy"][2] == hyps["greedy"][2]
+    kid = report["methods"]["kid_greedy"]["kid"]  # (story 3 decodes alone, KID off: not counted)
+    assert kid["updated_share"] > 0 and kid["demo_mass_after"] > kid["demo_mass_before"] and kid["kl_mean_updated"] > 0
+    out0 = tmp_path / "kv0"
+    ge.main(common + ["--methods", "greedy,kid_greedy,sample,kid_sample", "--output-dir", str(out0),
+                      "--kid-kv-step", "0"])
+    for m in ("greedy", "sample"):
+        assert (out0 / f"kid_{m}.hyp").read_text() == (out0 / f"{m}.hyp").read_text(), m
+    assert (out0 / "greedy.hyp").read_text() == (out / "greedy.hyp").read_text()
+    with pytest.raises(ValueError, match="not with beam search"):
+        ge.main(common + ["--methods", "kid_beam", "--output-dir", str(tmp_path / "beam")])
+
+
 def test_generate_endings_chat_prompt_and_errors(ge, tiny_lm: str, story_files: dict, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 

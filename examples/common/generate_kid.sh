@@ -16,7 +16,8 @@
 #                beam5   beam search (BEAM = 5)                -> OUT_DIR/SUBSET.beam5.out
 #                kid     sampling + --kid: entity memory, HOPS-hop trie query, KID_STEPS policy
 #                        steps per token (§3.3, Alg. 1-2; KID_SOLVER=sigma: the closed-form
-#                        update at KL = KID_SIGMA instead)     -> OUT_DIR/SUBSET.KID_NAME.out
+#                        update at KL = KID_SIGMA instead; KID_SOLVER=kv: the release's update of
+#                        the cached keys/values, KID_KV_*)     -> OUT_DIR/SUBSET.KID_NAME.out
 #                little  sampling + --kid-mode little (Little KID, A.3)
 #                                                              -> OUT_DIR/SUBSET.LITTLE_NAME.out
 #              sample, kid and little share SEED: they differ by the knowledge only
@@ -84,6 +85,11 @@ KID_STEPS="${KID_STEPS:-}"                        # --kid-steps: K Adam steps pe
 KID_LR="${KID_LR:-}"                              # --kid-lr: Adam step size
 KID_SIGMA="${KID_SIGMA:-}"                        # --kid-sigma: target KL (sigma solver: the per-step KL spent)
 KID_SOLVER="${KID_SOLVER:-}"                      # --kid-solver: adam (Algorithm 1) | sigma (closed form at KL = sigma)
+                                                  #   | kv (the authors' release: perturbs the cached keys/values)
+KID_KV_STEP="${KID_KV_STEP:-}"                    # --kid-kv-step: kv, step size of each gradient step
+KID_KV_KL="${KID_KV_KL:-}"                        # --kid-kv-kl: kv, scale of the KL term
+KID_KV_GAMMA="${KID_KV_GAMMA:-}"                  # --kid-kv-gamma: kv, exponent of the gradient-norm normalisation
+KID_KV_MIX="${KID_KV_MIX:-}"                      # --kid-kv-mix: kv, weight of the perturbed distribution in the mixture
 KID_SUBWORDS="${KID_SUBWORDS:-}"                  # --kid-subwords: first | all subwords of each knowledge word
 KID_MEMORY="${KID_MEMORY:-}"                      # --kid-memory: w_max (unset: the hops)
 KID_ARGS="${KID_ARGS:-}"                          # more, e.g. --kid-entity content --kid-beta 2 --kid-allow-empty-tries
@@ -158,7 +164,9 @@ if has_stage decode; then
   # shellcheck disable=SC2206
   kid=(--kid --kid-trie "$TRIE" ${HOPS:+--kid-hops "$HOPS"} ${KID_STEPS:+--kid-steps "$KID_STEPS"}
        ${KID_LR:+--kid-lr "$KID_LR"} ${KID_SIGMA:+--kid-sigma "$KID_SIGMA"} ${KID_SUBWORDS:+--kid-subwords "$KID_SUBWORDS"}
-       ${KID_MEMORY:+--kid-memory "$KID_MEMORY"} ${KID_SOLVER:+--kid-solver "$KID_SOLVER"} $KID_ARGS)
+       ${KID_MEMORY:+--kid-memory "$KID_MEMORY"} ${KID_SOLVER:+--kid-solver "$KID_SOLVER"}
+       ${KID_KV_STEP:+--kid-kv-step "$KID_KV_STEP"} ${KID_KV_KL:+--kid-kv-kl "$KID_KV_KL"}
+       ${KID_KV_GAMMA:+--kid-kv-gamma "$KID_KV_GAMMA"} ${KID_KV_MIX:+--kid-kv-mix "$KID_KV_MIX"} $KID_ARGS)
   for decoder in $DECODERS; do
     case "$decoder" in
       sample) search=("${sampling[@]}") ;;

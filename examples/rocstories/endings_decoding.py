@@ -11,6 +11,11 @@ the sampling warpers (temperature, top-k, top-p), as in the paper ("KID uses sam
 ... to pick actual tokens" from the updated policy): ``generate`` itself gets
 ``top_k=0, top_p=1, temperature=1`` and the warpers are appended after KID.
 
+Under ``--kid-solver kv`` (the KID release's update of the model's cached keys/values) a logits
+processor cannot act: ``kid_greedy`` / ``kid_sample`` / ``little_*`` then decode through
+:func:`~informative_dialogue.kid.hf_kv_decoding.kid_kv_generate` with the same filters (min new
+tokens, no-repeat n-grams, temperature, top-k, top-p) and the same seed; beam search is refused.
+
 ``transformers`` is imported by the functions that need it, so the module loads cheaply.
 """
 from __future__ import annotations
@@ -103,6 +108,7 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 0.9
     temperature: float = 1.0
+    no_repeat_ngram_size: int = 0  # ban repeated n-grams (0: off; the KID release: 2)
     # KID hyper-parameters (subwords included); the mode comes from each method
     kid: KIDOptions = field(default_factory=KIDOptions)
 
@@ -150,6 +156,9 @@ def logits_processors(method: Method, tries: Sequence[Any], mapper: Any, cfg: De
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     procs: List[Any] = []
+    if method.knowledge != "none" and cfg.kid.solver == "kv":
+        raise ValueError(f"{method.name} with --kid-solver kv has no logits processor: it decodes through "
+                         "kid_kv_generate (generate_batch)")
     if method.knowledge != "none":
         from informative_dialogue.kid.hf_processor import KIDLogitsProcessor
 
@@ -165,6 +174,34 @@ def logits_processors(method: Method, tries: Sequence[Any], mapper: Any, cfg: De
         if cfg.top_p < 1.0:
             procs.append(TopPLogitsWarper(cfg.top_p))
     return procs
+
+
+def kid_kv_batch(model: Any, enc: Any, tries: Sequence[Any], method: Method, cfg: DecodeConfig, mapper: Any,
+                 stop_ids: Sequence[int], pad_id: Optional[int], activity: Optional[dict] = None) -> torch.Tensor:
+    """One batch under ``--kid-solver kv``: (B, L + T) token ids from
+    :func:`~informative_dialogue.kid.hf_kv_decoding.kid_kv_generate` (greedy or sampling with
+    ``cfg``'s filters, torch's global RNG as ``generate``). ``activity`` gets the entry point's
+    totals under :class:`KIDActivity`'s names (``rows``, ``updated``, ``argmax_changed``,
+    ``kl`` = KL(pi || mixture), ``demo_mass`` / ``demo_mass_kid`` = the demonstrations'
+    probability before / after) and ``seconds_kv``."""
+    from informative_dialogue.kid.hf_kv_decoding import kid_kv_generate
+    from informative_dialogue.kid.memory import KIDCore
+    from informative_dialogue.kid.trie_files import InMemoryTries
+
+    if method.decoding == "beam":
+        raise ValueError(f"{method.name}: --kid-solver kv decodes greedily or by sampling, not with beam search "
+                         "(use kid_greedy or kid_sample, or another --kid-solver)")
+    core = KIDCore(InMemoryTries(list(tries)), mapper, replace(cfg.kid, mode=method.knowledge, allow_empty_tries=True))
+    stats: dict = {}
+    out = kid_kv_generate(model, enc["input_ids"], enc["attention_mask"], core, max_new_tokens=cfg.max_new_tokens,
+                          do_sample=method.decoding == "sample", top_k=cfg.top_k, top_p=cfg.top_p,
+                          temperature=cfg.temperature, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                          min_new_tokens=cfg.min_new_tokens, eos_token_id=list(stop_ids), pad_token_id=pad_id,
+                          stats=stats)
+    if activity is not None:
+        for key in ("rows", "updated", "argmax_changed", "kl", "demo_mass", "demo_mass_kid", "seconds_kv"):
+            activity[key] = activity.get(key, 0) + stats.get(key, 0)
+    return out
 
 
 def generate_batch(
@@ -186,17 +223,22 @@ def generate_batch(
     from transformers import LogitsProcessorList
 
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    kw: dict = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                    eos_token_id=list(stop_ids), pad_token_id=tokenizer.pad_token_id,
-                    logits_processor=LogitsProcessorList(logits_processors(method, tries, mapper, cfg, activity)))
-    if method.decoding == "sample":
-        kw.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, num_beams=1)
-    elif method.decoding == "beam":
-        kw.update(do_sample=False, num_beams=cfg.num_beams, early_stopping=True)
+    if method.knowledge != "none" and cfg.kid.solver == "kv":
+        out = kid_kv_batch(model, enc, tries, method, cfg, mapper, stop_ids, tokenizer.pad_token_id, activity)
     else:
-        kw.update(do_sample=False, num_beams=1)
-    with torch.no_grad():
-        out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kw)
+        kw: dict = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                        eos_token_id=list(stop_ids), pad_token_id=tokenizer.pad_token_id,
+                        logits_processor=LogitsProcessorList(logits_processors(method, tries, mapper, cfg, activity)))
+        if method.decoding == "sample":
+            kw.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, num_beams=1)
+        elif method.decoding == "beam":
+            kw.update(do_sample=False, num_beams=cfg.num_beams, early_stopping=True)
+        else:
+            kw.update(do_sample=False, num_beams=1)
+        if cfg.no_repeat_ngram_size:
+            kw["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
+        with torch.no_grad():
+            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kw)
     new = out[:, enc["input_ids"].size(1):]
     n_tokens = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else new.numel()
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -62,7 +62,8 @@ from informative_dialogue.kid.options import add_kid_arguments, options_from_arg
 logger = logging.getLogger("generate_endings")
 
 DEFAULT_METHODS = "greedy,beam,sample,kid_greedy,kid_sample,little_greedy,little_sample"
-KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "entity", "subwords", "allow_empty_tries", "solver")
+KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "entity", "subwords", "allow_empty_tries", "solver",
+             "kv_step", "kv_kl", "kv_gamma", "kv_mix")
 DEFAULT_INSTRUCTION = "Write the last sentence of this five-sentence story. Reply with one sentence only.\n\n"
 
 
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="sampling: top-k (0 = off)")
     p.add_argument("--top-p", type=float, default=0.9, help="sampling: nucleus p (1 = off)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="ban repeated n-grams of this size (0 = off; the KID release samples with 2)")
     kid = p.add_argument_group("KID (defaults: informative_dialogue/kid/options.py; the mode comes from each method)")
     add_kid_arguments(kid, names=KID_FLAGS)
     p.add_argument("--verbose", action="store_true")
@@ -229,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     prompts = build_prompts(contexts, tokenizer, args.prompt, args.instruction)
     cfg = DecodeConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
                        num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p,
-                       temperature=args.temperature, kid=kid)
+                       temperature=args.temperature, no_repeat_ngram_size=args.no_repeat_ngram_size, kid=kid)
     os.makedirs(args.output_dir, exist_ok=True)
     report: dict = {"args": vars(args), "model": info, "stories": len(contexts), "stop_tokens": len(stop_ids), "methods": {}}
     for method in methods:

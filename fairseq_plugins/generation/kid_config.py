@@ -76,6 +76,10 @@ class KIDConfig(FairseqDataclass):
     kid_solver: KID_SOLVER_CHOICES = field(  # type: ignore[valid-type]
         default=KIDOptions.solver, metadata={"help": HELP["solver"]}
     )
+    kid_kv_step: float = field(default=KIDOptions.kv_step, metadata={"help": HELP["kv_step"]})
+    kid_kv_kl: float = field(default=KIDOptions.kv_kl, metadata={"help": HELP["kv_kl"]})
+    kid_kv_gamma: float = field(default=KIDOptions.kv_gamma, metadata={"help": HELP["kv_gamma"]})
+    kid_kv_mix: float = field(default=KIDOptions.kv_mix, metadata={"help": HELP["kv_mix"]})
     # --- the target vocabulary -------------------------------------------------------------
     kid_vocab_scheme: KID_SCHEME_CHOICES = field(  # type: ignore[valid-type]
         default="auto",

@@ -14,6 +14,11 @@ Per-example knowledge: ``sample["id"]`` (the dataset index of each input) select
 the trie file. fairseq-interactive numbers inputs from 0 in every buffer, so there use
 ``--kid-shared-trie`` (line 0 for every input, memory initialised from the input's words).
 
+Under ``--kid-solver kv`` (the KID release's key/value update, :mod:`.kv_state`) the wrapper
+keeps, per batch, a second incremental state whose decoder self-attention keys/values carry the
+perturbations, reorders it with the plain one, and returns the geometric mixture of its
+distribution and the plain one (one model only; a fairseq transformer decoder).
+
 Plain decoding (bit-identical search inputs) when ``--kid-steps 0``. Rows whose example has an
 empty trie, or whose memory reaches no knowledge, keep the model's distribution exactly.
 
@@ -38,6 +43,7 @@ from informative_dialogue.kid.memory import EntityMemory, KIDCore
 from informative_dialogue.kid.options import KIDOptions
 from informative_dialogue.kid.trie_files import TrieStore
 from informative_dialogue.kid.token_mapping import TokenMapper, load_gpt2_symbol_map
+from fairseq_plugins.generation.kv_state import KVDecoderState, self_attention_modules
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +58,13 @@ class _KIDBatch:
         memory: the (N,) per-hypothesis memories and betas.
         trie_indices: trie file line of each original sentence.
         prefix_len: forced prefix length of each original sentence (0 without prefix).
+        kv: the perturbed incremental state (``--kid-solver kv`` only).
     """
 
     memory: EntityMemory
     trie_indices: List[int]
     prefix_len: List[int]
+    kv: Optional[KVDecoderState] = None
 
 
 class KIDEnsembleModel(EnsembleModel):
@@ -70,6 +78,8 @@ class KIDEnsembleModel(EnsembleModel):
     def reorder_incremental_state(self, incremental_states, new_order) -> None:
         if self.kid_batch is not None:
             self.kid_batch.memory.reorder(new_order)
+            if self.kid_batch.kv is not None:
+                self.kid_batch.kv.reorder(new_order)
         super().reorder_incremental_state(incremental_states, new_order)
 
     def forward_decoder(self, tokens: Tensor, encoder_outs, incremental_states, temperature: float = 1.0):
@@ -87,6 +97,12 @@ class KIDEnsembleModel(EnsembleModel):
         active: Optional[List[bool]] = None
         if any(batch.prefix_len):
             active = [step >= batch.prefix_len[s] for s in mem.sentence]
+        if batch.kv is not None:
+            core, vocab = self.kid_core, lprobs.size(1)
+            return batch.kv.decode(
+                tokens, encoder_outs[0] if self.has_encoder() else None, lprobs,
+                lambda: core.demo_index(mem, batch.trie_indices, vocab, lprobs.device, active), temperature,
+            ), attn
         return self.kid_core.update(lprobs, mem, batch.trie_indices, active), attn
 
 
@@ -104,6 +120,10 @@ class KIDSequenceGenerator(SequenceGenerator):
     def __init__(self, models, tgt_dict, kid_core: Optional[KIDCore] = None, kid_src_dict=None, **kwargs: Any) -> None:
         if kwargs.get("lm_model") is not None:
             logger.info("KID: the update acts on the translation model's distribution, before --lm-weight fusion")
+        if kid_core is not None and kid_core.options.solver == "kv":
+            if len(models) != 1:
+                raise ValueError(f"--kid-solver kv decodes with one model, got an ensemble of {len(models)}")
+            self_attention_modules(models[0])  # ValueError unless a fairseq transformer decoder
         super().__init__(KIDEnsembleModel(models, kid_core), tgt_dict, **kwargs)
         self.kid_core = kid_core
         self.kid_src_mapper: Optional[TokenMapper] = None
@@ -128,7 +148,8 @@ class KIDSequenceGenerator(SequenceGenerator):
         prefix = kwargs.get("prefix_tokens")
         prefix_len = [0] * bsz if prefix is None else prefix.ne(self.pad).sum(dim=1).tolist()
         memory = core.new_memory(trie_indices, source_words, self.beam_size, src_tokens.device)
-        self.model.kid_batch = _KIDBatch(memory, trie_indices, [int(p) for p in prefix_len])
+        kv = KVDecoderState(self.model.single_model, core.options) if core.options.solver == "kv" else None
+        self.model.kid_batch = _KIDBatch(memory, trie_indices, [int(p) for p in prefix_len], kv)
         try:
             return self._generate(sample, **kwargs)
         finally:
@@ -171,12 +192,12 @@ def build_kid_core(cfg: Any, tgt_dict: Any, n_examples: Optional[int] = None) ->
             f"KID: --kid-trie {cfg.kid_trie} has {len(store)} lines but the generation subset has {n_examples} "
             "examples: line i must be the trie of example i (build the tries from the same subset)"
         )
-    logger.info(
-        "KID: %s, hops %d, memory %d, K %d, solver %s, lr %g, sigma %g, beta %g, %s-subword tokens (%s vocabulary), "
-        "%d tries",
-        options.mode, options.hops, options.memory, options.steps, options.solver, options.lr, options.sigma, options.beta,
-        mapper.subwords, mapper.scheme, len(store),
-    )
+    solver = (f"kv (step {options.kv_step:g}, KL scale {options.kv_kl:g}, gamma {options.kv_gamma:g}, "
+              f"mix {options.kv_mix:g})" if options.solver == "kv" else
+              f"{options.solver}, lr {options.lr:g}, sigma {options.sigma:g}, beta {options.beta:g}")
+    logger.info("KID: %s, hops %d, memory %d, K %d, solver %s, %s-subword tokens (%s vocabulary), %d tries",
+                options.mode, options.hops, options.memory, options.steps, solver, mapper.subwords, mapper.scheme,
+                len(store))
     return KIDCore(store, mapper, options)
 
 

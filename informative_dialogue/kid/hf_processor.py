@@ -112,8 +112,9 @@ class KIDLogitsProcessor:
             Giving ``options`` and keywords together is a ValueError.
 
     Raises:
-        ValueError: invalid options or arguments; every trie empty without
-            ``allow_empty_tries`` (see :class:`~informative_dialogue.kid.memory.KIDCore`).
+        ValueError: invalid options or arguments; ``solver="kv"`` (it needs the model:
+            :func:`~informative_dialogue.kid.hf_kv_decoding.kid_kv_generate`); every trie empty
+            without ``allow_empty_tries`` (see :class:`~informative_dialogue.kid.memory.KIDCore`).
 
     ``__call__`` takes ``input_ids`` (N, L) and ``scores`` (N, V) and returns a new (N, V)
     tensor: rows with demonstrations hold ``log pi* + logsumexp(scores)`` (the updated
@@ -138,6 +139,10 @@ class KIDLogitsProcessor:
             options = KIDOptions(**kid)  # TypeError for an unknown name
         elif not isinstance(options, KIDOptions):
             raise TypeError(f"options must be a KIDOptions, got {type(options).__name__}")
+        if options.solver == "kv":
+            raise ValueError("KIDLogitsProcessor cannot do --kid-solver kv / solver='kv': the key/value update "
+                             "perturbs the model's cache, which a logits processor cannot reach; decode with "
+                             "informative_dialogue.kid.hf_kv_decoding.kid_kv_generate(model, ...) instead")
         if isinstance(tries, (KnowledgeTrie, TrieExample)):
             tries, shared = [tries], True
         tries = list(tries)

@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import Tensor
 
-from informative_dialogue.kid.options import KIDOptions, default, flag
+from informative_dialogue.kid.options import KIDOptions, flag, unused_options
 from informative_dialogue.kid.trie import WordNormalizer
 from informative_dialogue.kid.trie_files import InMemoryTries, TrieStore
 from informative_dialogue.kid.policy_update import PolicyUpdateResult, kid_policy_update
@@ -157,7 +157,7 @@ class KIDCore:
     demonstration mask, adaptive beta) or ``sigma``
     (:func:`~informative_dialogue.kid.sigma_solver.sigma_solve`, demonstrations as (N, D_max)
     token ids, KL(pi || pi*) = ``options.sigma`` on every row with demonstrations, beta
-    unchanged).
+    unchanged); ``kv`` updates the model's cache, not log-probs (:meth:`update` refuses it).
 
     Args:
         tries: a :class:`TrieStore` or :class:`InMemoryTries`.
@@ -169,8 +169,8 @@ class KIDCore:
     Raises:
         ValueError: the mapper's subword rule differs from the options', or every trie is
             empty (no knowledge: KID would be plain decoding) and ``options.allow_empty_tries``
-            is false; with it, one warning instead. Under ``solver="sigma"``, an ``lr`` or
-            ``beta`` other than its default logs one warning (they are unused).
+            is false; with it, one warning instead. Options set away from their default that the
+            solver ignores (:func:`~informative_dialogue.kid.options.unused_options`) log one warning.
     """
 
     def __init__(
@@ -192,11 +192,9 @@ class KIDCore:
                 )
             logger.warning("KID: %s holds no knowledge (%d tries, all empty): decoding is plain decoding (%s)",
                            source, len(tries), flag("allow_empty_tries"))
-        if options.solver == "sigma":
-            unused = [flag(name) for name in ("lr", "beta") if getattr(options, name) != default(name)]
-            if unused:
-                logger.warning("KID: %s unused under %s sigma (the closed-form update spends %s %g per step)",
-                               " and ".join(unused), flag("solver"), flag("sigma"), options.sigma)
+        unused = unused_options(options)
+        if unused:
+            logger.warning("KID: %s unused under %s %s", " and ".join(unused), flag("solver"), options.solver)
         self.tries = tries
         self.mapper = mapper
         self.options = options
@@ -363,8 +361,15 @@ class KIDCore:
         ``options.solver`` picks the update (class doc); both return a
         :class:`PolicyUpdateResult` (under ``sigma`` its ``beta`` is ``state.beta``, unchanged).
         ``options.steps == 0`` changes nothing under either solver (a clone of the input).
+
+        Raises:
+            ValueError: under ``solver="kv"``, which updates the model's cache, not log-probs.
         """
         o = self.options
+        if o.solver == "kv":
+            raise ValueError(f"KID: {flag('solver')} kv perturbs the model's cached keys/values and needs the model: "
+                             "decode with fairseq_plugins.generation.kid_generator.KIDSequenceGenerator (--kid in "
+                             "fairseq-generate) or informative_dialogue.kid.hf_kv_decoding.kid_kv_generate")
         if o.solver == "sigma":
             n = log_probs.size(0)
             if o.steps == 0:

@@ -25,27 +25,28 @@ import math
 import numbers
 import sys
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["KIDOptions", "HELP", "CHOICES", "MODES", "ENTITY_RULES", "SUBWORD_RULES", "SOLVERS", "flag", "default",
-           "add_kid_arguments", "options_from_args"]
+__all__ = ["KIDOptions", "HELP", "CHOICES", "MODES", "ENTITY_RULES", "SUBWORD_RULES", "SOLVERS", "SOLVER_USES", "flag",
+           "default", "add_kid_arguments", "options_from_args", "unused_options"]
 
 MODES: Tuple[str, ...] = ("kid", "little")
 ENTITY_RULES: Tuple[str, ...] = ("key", "content")
 SUBWORD_RULES: Tuple[str, ...] = ("first", "all")
-SOLVERS: Tuple[str, ...] = ("adam", "sigma")
+SOLVERS: Tuple[str, ...] = ("adam", "sigma", "kv")
 CHOICES: Dict[str, Tuple[str, ...]] = {"mode": MODES, "entity": ENTITY_RULES, "subwords": SUBWORD_RULES,
                                        "solver": SOLVERS}
 
 HELP: Dict[str, str] = {
     "hops": "h_max, hops of the trie query",
     "memory": "w_max, length of the FIFO entity memory (unset: the value of --kid-hops)",
-    "steps": "K, Adam steps of the policy update per decoding step (0: plain decoding, for either "
-             "--kid-solver; under --kid-solver sigma any K > 0 means one closed-form update)",
-    "lr": "Adam step size of the policy update (a finite number > 0; unused by --kid-solver sigma)",
+    "steps": "K, steps of the update per decoding step (0: plain decoding, for every --kid-solver): Adam "
+             "steps (adam), gradient steps on the cached keys/values (kv); under --kid-solver sigma any K > 0 "
+             "means one closed-form update",
+    "lr": "Adam step size of the policy update (a finite number > 0; unused by --kid-solver sigma and kv)",
     "sigma": "target KL(pi || pi*) of the adaptive KL weight beta (adam), or the per-step KL budget "
-             "the update spends in full (sigma) (a finite number > 0)",
-    "beta": "initial KL weight beta (a finite number > 0; unused by --kid-solver sigma)",
+             "the update spends in full (sigma) (a finite number > 0; unused by --kid-solver kv)",
+    "beta": "initial KL weight beta (a finite number > 0; unused by --kid-solver sigma and kv)",
     "mode": "kid: local memory + multi-hop trie query at every step; little: Little KID, every end "
             "node of the example's trie as a fixed demonstration list",
     "entity": "generated words that enter the memory: key (content words whose stem is a key of the "
@@ -56,7 +57,24 @@ HELP: Dict[str, str] = {
     "solver": "policy update: adam (Algorithm 1 as written: --kid-steps Adam steps of size --kid-lr, "
               "adaptive beta aiming at --kid-sigma) or sigma (closed form: per row with demonstrations, "
               "the largest demonstration mass at KL(pi || pi*) = --kid-sigma; beta, --kid-lr, --kid-beta "
-              "unused)",
+              "unused) or kv (the authors' release, PPLM-style: --kid-steps gradient steps on the decoder's cached "
+              "keys/values, then a geometric mixture with the plain distribution; --kid-kv-* options; --kid-lr, "
+              "--kid-sigma, --kid-beta unused)",
+    "kv_step": "--kid-solver kv: step size of each gradient step on the cached keys/values (a finite number >= 0; "
+               "0: no perturbation)",
+    "kv_kl": "--kid-solver kv: scale of the KL(p_perturbed || p_plain) term of the loss (a finite number >= 0)",
+    "kv_gamma": "--kid-solver kv: exponent of the gradient normalisation, grad / norm**gamma, norm per row and layer, "
+                "running max over the steps (a finite number >= 0; 0: no normalisation)",
+    "kv_mix": "--kid-solver kv: weight of the perturbed distribution in the geometric mixture "
+              "p_perturbed**w * p_plain**(1 - w), renormalised (a finite number in [0, 1])",
+}
+
+# The options each solver reads (besides the ones every solver shares: hops, memory, mode, entity,
+# subwords, allow_empty_tries, solver); see :func:`unused_options`.
+SOLVER_USES: Dict[str, Tuple[str, ...]] = {
+    "adam": ("steps", "lr", "sigma", "beta"),
+    "sigma": ("steps", "sigma"),
+    "kv": ("steps", "kv_step", "kv_kl", "kv_gamma", "kv_mix"),
 }
 
 
@@ -74,6 +92,18 @@ def _integer(name: str, value: Any, minimum: int) -> int:
 def _positive_finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{flag(name)} / {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _nonnegative_finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{flag(name)} / {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _unit_interval(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError(f"{flag(name)} / {name} must be a finite number in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -102,7 +132,17 @@ class KIDOptions:
             :func:`~informative_dialogue.kid.policy_update.kid_policy_update`) or ``sigma``
             (:func:`~informative_dialogue.kid.sigma_solver.sigma_solve`: KL(pi || pi*) =
             ``sigma`` on every row with demonstrations; ``beta`` is left unchanged and ``lr``
-            and ``beta`` are unused; ``steps`` only says off (0) or on).
+            and ``beta`` are unused; ``steps`` only says off (0) or on) or ``kv`` (the authors'
+            release: :func:`~informative_dialogue.kid.kv_update.kv_perturbation` on the decoder's
+            cached keys/values, ``steps`` gradient steps, then
+            :func:`~informative_dialogue.kid.kv_update.geometric_mix`; ``lr``, ``sigma`` and ``beta``
+            unused).
+        kv_step: ``kv``: step size of each gradient step (finite, >= 0; 0: zero perturbation).
+        kv_kl: ``kv``: scale of KL(p_perturbed || p_plain) in the loss (finite, >= 0).
+        kv_gamma: ``kv``: the gradient is divided by its norm (per row and layer, running max over
+            the steps) to this power (finite, >= 0).
+        kv_mix: ``kv``: weight of the perturbed distribution in the geometric mixture (finite,
+            in [0, 1]; 0: plain decoding, 1: the perturbed distribution alone).
     """
 
     hops: int = 4
@@ -116,6 +156,10 @@ class KIDOptions:
     subwords: str = "first"
     allow_empty_tries: bool = False
     solver: str = "adam"
+    kv_step: float = 0.01
+    kv_kl: float = 0.01
+    kv_gamma: float = 1.5
+    kv_mix: float = 0.99
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise in place once
@@ -124,6 +168,9 @@ class KIDOptions:
         put(self, "steps", _integer("steps", self.steps, 0))
         for name in ("lr", "sigma", "beta"):
             put(self, name, _positive_finite(name, getattr(self, name)))
+        for name in ("kv_step", "kv_kl", "kv_gamma"):
+            put(self, name, _nonnegative_finite(name, getattr(self, name)))
+        put(self, "kv_mix", _unit_interval("kv_mix", self.kv_mix))
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -139,6 +186,16 @@ def default(name: str) -> Any:
         if f.name == name:
             return f.default
     raise KeyError(f"KIDOptions has no option {name!r}")
+
+
+def unused_options(options: KIDOptions) -> List[str]:
+    """The flags of ``options`` set away from their default that ``options.solver`` ignores (in
+    field order), e.g. ``["--kid-lr", "--kid-beta"]`` for ``KIDOptions(solver="sigma", lr=0.5,
+    beta=2)``; a front end warns with them (:data:`SOLVER_USES` says which solver reads what)."""
+    tunable = {name for uses in SOLVER_USES.values() for name in uses}
+    used = SOLVER_USES[options.solver]
+    return [flag(f.name) for f in fields(KIDOptions)
+            if f.name in tunable and f.name not in used and getattr(options, f.name) != f.default]
 
 
 def add_kid_arguments(parser: argparse.ArgumentParser, names: Optional[Sequence[str]] = None) -> None:
