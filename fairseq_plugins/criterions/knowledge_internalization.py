@@ -55,7 +55,7 @@ fairseq divides the returned loss by ``sample_size`` (target tokens, or sentence
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -139,6 +139,19 @@ def load_knowledge_table(path: str) -> Tensor:
     return table
 
 
+def log_ki_metrics(total: Callable[[str], float]) -> None:
+    """Log the KI metrics from ``total`` (key -> sum over the logging outputs, as
+    ``reduce_mle_metrics`` returns it): ki_loss per KI token (hinge units); ki_coverage =
+    labelled / non-pad non-EOS source tokens; ki_no_negative and ki_absent counts per update."""
+    ki_tokens = total("ki_tokens")
+    metrics.log_scalar("ki_loss", total("ki_loss") / ki_tokens if ki_tokens > 0 else 0.0, ki_tokens, round=4)
+    src = total("src_tokens")
+    if src > 0:
+        metrics.log_scalar("ki_coverage", total("ki_labelled") / src, src, round=4)
+    metrics.log_scalar("ki_no_negative", total("ki_no_negative"), round=1)
+    metrics.log_scalar("ki_absent", total("ki_absent"), round=1)
+
+
 @register_criterion("knowledge_internalization", dataclass=KnowledgeInternalizationConfig)
 class KnowledgeInternalizationCriterion(FairseqCriterion):
     def __init__(self, task, ki_knowledge_table, label_smoothing=0.1, ki_lambda=1.0, ki_margin=0.5,
@@ -202,16 +215,19 @@ class KnowledgeInternalizationCriterion(FairseqCriterion):
         return ki.ki_loss(states, valid, knowledge, labelled_positions, self.f1, self.f2, self.knowledge_vectors,
                           self.margin, self.normalize, self.num_negatives)
 
-    def forward(self, model, sample, reduce=True):
+    def encoder_of(self, model) -> nn.Module:
+        """The encoder whose output states L_KI reads (``model.encoder``); TypeError without one."""
         encoder = getattr(model, "encoder", None)
         if encoder is None:
             raise TypeError("knowledge_internalization needs an encoder-decoder model (model.encoder)")
-        with EncoderOutputCapture(encoder) as capture:
-            net_output = model(**sample["net_input"])
-        mle, nll, _, sample_size = label_smoothed_mle(
-            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
-        )
+        return encoder
 
+    def ki_term(self, sample: dict, capture: EncoderOutputCapture) -> Tuple[Tensor, dict]:
+        """L_KI of a batch from the encoder states of its forward pass (``capture``, entered around
+        ``model(**sample["net_input"])``): ``(ki_sum, logs)``, ki_sum the unweighted hinge sum
+        (scalar; with λ = 0 computed without gradient), logs the KI entries of the logging output
+        (``ki_loss``, ``ki_tokens``, ``ki_labelled``, ``ki_no_negative``, ``ki_absent``,
+        ``src_tokens``). Shared by this criterion and ``ki_negative_distillation``."""
         src_tokens = sample["net_input"]["src_tokens"]
         non_pad = src_tokens.ne(self.padding_idx)
         real = non_pad & src_tokens.ne(self.eos_idx) if self.eos_idx is not None else non_pad
@@ -224,18 +240,30 @@ class KnowledgeInternalizationCriterion(FairseqCriterion):
         states, valid = capture.states()
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.lam != 0.0):
             ki_sum, ki_tokens, ki_labelled = self.ki_loss(states, valid, knowledge.long(), non_pad)
-        # λ = 0: exactly the MLE (no added term, not even a zero)
-        loss = mle + self.lam * ki_sum if self.lam != 0.0 else mle
-
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll.data,
+        logs = {
             "ki_loss": ki_sum.data,
             "ki_tokens": ki_tokens,
             "ki_labelled": ki_labelled,
             "ki_no_negative": ki_labelled - ki_tokens,
             "ki_absent": src_tokens.size(0) if absent else 0,
             "src_tokens": int(real.sum()),
+        }
+        return ki_sum, logs
+
+    def forward(self, model, sample, reduce=True):
+        with EncoderOutputCapture(self.encoder_of(model)) as capture:
+            net_output = model(**sample["net_input"])
+        mle, nll, _, sample_size = label_smoothed_mle(
+            model, net_output, sample, self.eps, self.padding_idx, self.sentence_avg
+        )
+        ki_sum, ki_logs = self.ki_term(sample, capture)
+        # λ = 0: exactly the MLE (no added term, not even a zero)
+        loss = mle + self.lam * ki_sum if self.lam != 0.0 else mle
+
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll.data,
+            **ki_logs,
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
@@ -245,16 +273,8 @@ class KnowledgeInternalizationCriterion(FairseqCriterion):
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         """Sum the logs: loss per sample_size and nll_loss per target token (base 2, as fairseq),
-        ppl; ki_loss per KI token (hinge units); ki_coverage = labelled / non-pad non-EOS source
-        tokens; ki_no_negative and ki_absent counts per update."""
-        total = reduce_mle_metrics(logging_outputs, per_sample_losses=())
-        ki_tokens = total("ki_tokens")
-        metrics.log_scalar("ki_loss", total("ki_loss") / ki_tokens if ki_tokens > 0 else 0.0, ki_tokens, round=4)
-        src = total("src_tokens")
-        if src > 0:
-            metrics.log_scalar("ki_coverage", total("ki_labelled") / src, src, round=4)
-        metrics.log_scalar("ki_no_negative", total("ki_no_negative"), round=1)
-        metrics.log_scalar("ki_absent", total("ki_absent"), round=1)
+        ppl, and the KI metrics of :func:`log_ki_metrics`."""
+        log_ki_metrics(reduce_mle_metrics(logging_outputs, per_sample_losses=()))
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

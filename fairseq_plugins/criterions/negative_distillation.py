@@ -37,7 +37,7 @@ that do not pass it on. Logged: ``nd_alpha``, ``nd_step``, each term.
 """
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from fairseq.criterions import FairseqCriterion, register_criterion
@@ -134,6 +134,23 @@ def feature_terms(net_output, t_output, s_scores: Dict[str, List[Tensor]], t_sco
         mask = attention_mask(kind, target_mask, keys.eq(pad))
         att += nd.scaled_mrse(scores, t_scores[kind], mask, scale)
     return hid, att
+
+
+def log_nd_metrics(total: Callable[[str], float], logging_outputs) -> None:
+    """Log the ND metrics from ``total`` (key -> sum over the logging outputs, as
+    ``reduce_mle_metrics`` returns it): the ND terms per sample_size in their own units (L_pred in
+    nats per token, MRSE sums over layers in [0, layers]), nd_alpha and nd_step averaged over the
+    batches (``nd_batches``, 1 per logging output: every batch of an update or of a validation has
+    the same step, so the mean is that step and its alpha). The logs are sums only, so fairseq may
+    add them up across ranks (``logging_outputs_can_be_summed``) before this runs."""
+    sample_size = total("sample_size")
+    if sample_size > 0:
+        for key in ("nd_pred", "nd_hid", "nd_att"):
+            metrics.log_scalar(key, total(key) / sample_size, sample_size, round=4)
+    batches = total("nd_batches")
+    if batches > 0:
+        metrics.log_scalar("nd_alpha", total("nd_alpha") / batches, 1, round=4)
+        metrics.log_scalar("nd_step", total("nd_step") / batches, weight=0, round=0)
 
 
 @register_criterion("negative_distillation", dataclass=NegativeDistillationConfig)
@@ -261,8 +278,13 @@ class NegativeDistillationCriterion(FairseqCriterion):
                                            ignore_index=pad, reduce=True)
         return nd.mle_and_pred(mle, alpha, pred), mle, nll, pred
 
-    def forward(self, model, sample, reduce=True):
-        """Eq. 13, assembled as :meth:`mle_and_pred` + alpha * (L_hid + L_att) (``nd.add_features``)."""
+    def loss_pieces(self, model, sample) -> Tuple[Tensor, int, dict]:
+        """Eq. 13 of a batch, assembled as :meth:`mle_and_pred` + alpha * (L_hid + L_att)
+        (``nd.add_features``), with the student's forward pass (exactly one call of
+        ``model.encoder``, so a caller may hook it). Returns ``(loss, sample_size, logs)``, logs the
+        ND entries of the logging output (``nll_loss``, ``mle_loss``, ``nd_pred``, ``nd_hid``,
+        ``nd_att``, ``nd_alpha``, ``nd_step``, ``nd_batches``). Shared by this criterion and
+        ``ki_negative_distillation``."""
         teacher = self._prepare(model)
         alpha = self.current_alpha()
         use = set(self.terms) if alpha != 0.0 else set()
@@ -281,9 +303,7 @@ class NegativeDistillationCriterion(FairseqCriterion):
             hid, att = feature_terms(net_output, t_output, s_scores, t_scores, net_input, target.ne(self.padding_idx),
                                      self.padding_idx, "hid" in use, sample_size)
         loss = nd.add_features(head, alpha, hid + att)
-
-        logging_output = {
-            "loss": loss.data,
+        logs = {
             "nll_loss": nll.data,
             "mle_loss": mle.data,
             "nd_pred": pred.data if pred is not None else 0.0,
@@ -291,6 +311,16 @@ class NegativeDistillationCriterion(FairseqCriterion):
             "nd_att": sum(a.data for a in att) if att else 0.0,
             "nd_alpha": alpha,
             "nd_step": self.num_updates,
+            "nd_batches": 1,
+        }
+        return loss, sample_size, logs
+
+    def forward(self, model, sample, reduce=True):
+        """Eq. 13 (:meth:`loss_pieces`) and fairseq's logging output."""
+        loss, sample_size, nd_logs = self.loss_pieces(model, sample)
+        logging_output = {
+            "loss": loss.data,
+            **nd_logs,
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
@@ -300,18 +330,11 @@ class NegativeDistillationCriterion(FairseqCriterion):
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
         """Sum the logs; losses per sample_size (loss, nll_loss in base 2 as fairseq's), the ND
-        terms in their own units (L_pred in nats per token, MRSE sums over layers in [0, layers])."""
-        total = reduce_mle_metrics(logging_outputs)
-        sample_size = total("sample_size")
-        if sample_size > 0:
-            for key in ("nd_pred", "nd_hid", "nd_att"):
-                metrics.log_scalar(key, total(key) / sample_size, sample_size, round=4)
-        if logging_outputs:
-            metrics.log_scalar("nd_alpha", total("nd_alpha") / len(logging_outputs), 1, round=4)
-            metrics.log_scalar("nd_step", max(float(log.get("nd_step", 0)) for log in logging_outputs),
-                               weight=0, round=0)
+        terms of :func:`log_nd_metrics`."""
+        log_nd_metrics(reduce_mle_metrics(logging_outputs), logging_outputs)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
-        # nd_alpha and nd_step are averaged / maxed, not summed
-        return False
+        # every entry is a sum (nd_alpha and nd_step are divided by nd_batches), so fairseq may
+        # all-reduce them across ranks (its all_gather_list path needs CUDA tensors)
+        return True

@@ -113,6 +113,7 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
             "ul_loss": ul_loss.data,
             "ul_tokens": n_penalised,
             "ul_candidates": n_candidates,
+            "ul_batches": 1,
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
@@ -147,12 +148,15 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
         if n_ul > 0:
             metrics.log_scalar("ul_loss", total("ul_loss") / n_ul, n_ul, round=4)
         metrics.log_scalar("ul_tokens", n_ul, round=0)
-        if logging_outputs:
-            metrics.log_scalar("ul_candidates", total("ul_candidates") / len(logging_outputs), 1, round=1)
+        batches = total("ul_batches")  # 1 per batch: sums only, so fairseq may all-reduce the logs
+        if batches > 0:
+            metrics.log_scalar("ul_candidates", total("ul_candidates") / batches, 1, round=1)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
-        return False
+        # every entry is a sum (ul_candidates is divided by ul_batches), so fairseq may all-reduce
+        # them across ranks (its all_gather_list path needs CUDA tensors)
+        return True
 
 
 @dataclass
