@@ -8,33 +8,21 @@ command-line architecture flags (default: the recipes' "small" configuration, 3+
 tokens drawn once with a fixed seed. Every criterion gets its own copy of the model (identical
 initial weights) and its own Adam optimizer, so each one trains as it would in fairseq-train.
 
-One training step is what fairseq's ``Trainer.train_step`` does for one batch without
-distributed/AMP code: ``optimizer.zero_grad()``, ``task.train_step`` (forward, criterion,
-``optimizer.backward``), grads multiplied by ``1 / sample_size``, ``clip_grad_norm``,
-``optimizer.step()``, ``model.set_num_updates``. The learning-rate scheduler's update and the
-metric logging (the same for all criteria) are left out.
+One training step is fairseq's ``Trainer.train_step`` for one batch without distributed/AMP code:
+``zero_grad``, ``task.train_step`` (forward, criterion, backward), grads times ``1 / sample_size``,
+``clip_grad_norm``, ``optimizer.step()``, ``set_num_updates``; no lr scheduler or metric logging.
 
-Timing: ``--warmup`` untimed steps per criterion first (Adam state, the UL window, allocator
-warm-up), then ``--repeats`` passes over the batch list; inside a pass the criteria take turns
-on each batch, in an order rotated by one per batch, so that machine-load drift hits all
-criteria alike. Reported per criterion: median and IQR of ms/step over all (pass, batch)
-steps, the ratio of medians to the baseline, and the median/IQR of the *paired* ratio (the
-criterion's step over the baseline's step on the same batch in the same pass; the more robust
-number on a busy machine).
+Timing: ``--warmup`` untimed steps per criterion, then ``--repeats`` passes over the batches; in a
+pass the criteria take turns on each batch, in an order rotated by one per batch (load drift hits
+all alike). Reported per criterion: median and IQR of ms/step over all (pass, batch) steps, the
+ratio of medians to the baseline, and the median/IQR of the *paired* ratio (the criterion's step
+over the baseline's on the same batch in the same pass; the more robust number on a busy machine).
 
-Peak memory, measured in a separate, untimed step per criterion on the largest batch:
-
-* CUDA: ``torch.cuda.max_memory_allocated()`` during the step minus the memory allocated
-  before it (transient), plus the static bytes below.
-* CPU: torch has no allocator statistics, so the step runs under ``torch.profiler`` with
-  ``profile_memory=True``; the allocation/free events (bytes, timestamps, every thread) are
-  summed in time order and the maximum of that running sum is the peak of tensor memory
-  allocated *during* the step above the level at its start (activations, gradients, temporaries;
-  the previous step's gradients are freed before it starts, so the new ones count as transient).
-  Process RSS is not used: the CPU allocator keeps freed pages and the machine is shared.
-* static: bytes of the tensors the criterion keeps alive between steps: model parameters,
-  optimizer state, the criterion's own parameters/buffers and tensors it holds (ND's teacher,
-  KI's knowledge table), counted once per storage.
+Peak memory, in a separate, untimed step per criterion on the largest batch: *transient* = tensor
+bytes allocated during the step above the level at its start (CUDA allocator statistics; on CPU
+the running sum of ``torch.profiler``'s allocation/free events: ``step_measures.py``); *static* =
+bytes of the tensors the criterion keeps alive between steps (model parameters, optimizer state,
+the criterion's parameters/buffers and held tensors: ND's teacher, KI's table), once per storage.
 
 Criteria (``--criteria``, comma-separated keys):
 
@@ -52,8 +40,9 @@ Criteria (``--criteria``, comma-separated keys):
   float32 table of ``--ki-table-rows`` rows (or ``--ki-knowledge-table PATH``) and, per batch,
   ids drawn uniformly from 1..N for ``--ki-label-fraction`` of the non-pad, non-EOS source tokens
   (0 = no knowledge elsewhere); ``--ki-encoder-dim`` is set to the model's encoder dimension,
-  the rest at the criterion's defaults (one negative, projection 256, frozen table). Skipped with a logged note (recorded in the JSON) when the
-  criterion is not registered.
+  the rest at the criterion's defaults (one negative, projection 256, frozen table).
+* ``ki_nd``: ``ki_negative_distillation`` (KI + ND in one run): ``ki``'s table, ids and flags
+  with ``nd``'s teacher and defaults. An unregistered criterion is skipped (noted in the JSON).
 
 Writes ``--output`` (JSON); see benchmarks/README.md for the command and results.
 """
@@ -94,6 +83,7 @@ CRITERION_NAMES = {
     "nd_att": "negative_distillation",
     "ul": "unlikelihood",
     "ki": "knowledge_internalization",
+    "ki_nd": "ki_negative_distillation",
 }
 BASELINE = "lsce"
 
@@ -106,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="train")
     p.add_argument("--arch-args", default=SMALL_ARCH,
                    help="fairseq architecture flags, one string (default: the recipes' 'small' Transformer)")
-    p.add_argument("--criteria", default="lsce,nd,ul,ki",
+    p.add_argument("--criteria", default="lsce,nd,ul,ki,ki_nd",
                    help=f"comma-separated keys of {sorted(CRITERION_NAMES)}; lsce (the baseline) is always run")
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--num-batches", type=int, default=6, help="timed batches (drawn once, fixed seed)")
@@ -206,38 +196,56 @@ def train_step(task: Any, c: Contender, sample: Dict[str, Any], clip_norm: float
 
 
 # -- main -----------------------------------------------------------------------------------
+def random_teacher(args: argparse.Namespace, tmp: Path, template: Any) -> str:
+    """``--teacher-path`` or a random teacher of the student's architecture, saved once in ``tmp``."""
+    teacher = args.teacher_path or str(tmp / "random_teacher.pt")
+    if not Path(teacher).exists():  # one teacher shared by the ND variants and ki_nd
+        torch.manual_seed(args.seed + 1)
+        from fairseq import tasks
+
+        t_task = tasks.setup_task(template.task)
+        save_random_checkpoint(t_task.build_model(template.model), template, Path(teacher), t_task)
+        logger.info("ND: random teacher of the same architecture saved to %s", teacher)
+    return teacher
+
+
+def ki_flags(args: argparse.Namespace, tmp: Path, template: Any) -> List[str]:
+    """KI's flags, with ``--ki-knowledge-table`` or a random table saved once in ``tmp``."""
+    table = args.ki_knowledge_table or str(tmp / "ki_table.npy")
+    if not Path(table).exists():  # one table shared by ki and ki_nd
+        arr = np.random.default_rng(args.seed).standard_normal((args.ki_table_rows + 1, args.ki_table_dim), np.float32)
+        arr[0] = 0.0
+        np.save(table, arr)
+        logger.info("KI: random knowledge table %s saved to %s", arr.shape, table)
+    return ["--ki-knowledge-table", table, "--ki-encoder-dim", str(template.model.encoder_embed_dim),
+            *args.ki_extra_args.split()]
+
+
 def criterion_args(key: str, args: argparse.Namespace, tmp: Path, template: Any) -> List[str]:
     """fairseq flags of criterion ``key`` (creates the ND teacher / KI table files in ``tmp``)."""
     if key == "lsce":
         return ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
     if key == "nd" or key.startswith("nd_"):
-        teacher = args.teacher_path
-        if not teacher:
-            teacher = str(tmp / "random_teacher.pt")
-            if not Path(teacher).exists():  # one teacher shared by the ND variants
-                torch.manual_seed(args.seed + 1)
-                from fairseq import tasks
-
-                t_task = tasks.setup_task(template.task)
-                save_random_checkpoint(t_task.build_model(template.model), template, Path(teacher), t_task)
-                logger.info("ND: random teacher of the same architecture saved to %s", teacher)
         terms = ["--nd-terms", key[len("nd_"):]] if key.startswith("nd_") else []
-        return ["--criterion", "negative_distillation", "--teacher-path", teacher, *terms]
+        return ["--criterion", "negative_distillation", "--teacher-path", random_teacher(args, tmp, template), *terms]
     if key == "ul":
         return ["--criterion", "unlikelihood", "--ul-window", "1", "--ul-max-len", str(args.ul_max_len)]
-    if key == "ki":
-        table = args.ki_knowledge_table
-        if not table:
-            rng = np.random.default_rng(args.seed)
-            arr = rng.standard_normal((args.ki_table_rows + 1, args.ki_table_dim), dtype=np.float32)
-            arr[0] = 0.0
-            table = str(tmp / "ki_table.npy")
-            np.save(table, arr)
-            logger.info("KI: random knowledge table %s saved to %s", arr.shape, table)
-        enc_dim = str(template.model.encoder_embed_dim)
-        return ["--criterion", "knowledge_internalization", "--ki-knowledge-table", table,
-                "--ki-encoder-dim", enc_dim, *args.ki_extra_args.split()]
+    if key in ("ki", "ki_nd"):
+        nd = ["--teacher-path", random_teacher(args, tmp, template)] if key == "ki_nd" else []
+        return ["--criterion", CRITERION_NAMES[key], *ki_flags(args, tmp, template), *nd]
     raise ValueError(f"unknown criterion key {key!r}; expected some of {sorted(CRITERION_NAMES)}")
+
+
+def build_criterion(task: Any, cfg: Any, key: str) -> Any:
+    """``task.build_criterion``; ``ki_nd`` on the task flagged ``--knowledge-alignments`` (its start-up
+    check refuses a task without; the ids are synthesised here)."""
+    if key != "ki_nd":
+        return task.build_criterion(cfg.criterion)
+    saved, task.cfg.knowledge_alignments = task.cfg.knowledge_alignments, True
+    try:
+        return task.build_criterion(cfg.criterion)
+    finally:
+        task.cfg.knowledge_alignments = saved
 
 
 def parse_criteria(spec: str) -> List[str]:
@@ -265,10 +273,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     device = torch.device("cuda" if use_cuda else "cpu")
     keys = parse_criteria(args.criteria)
     skipped: Dict[str, str] = {}
-    if "ki" in keys and CRITERION_NAMES["ki"] not in CRITERION_REGISTRY:
-        skipped["ki"] = "criterion knowledge_internalization is not registered (module not there yet)"
-        logger.warning("skipping ki: %s", skipped["ki"])
-        keys.remove("ki")
+    for key in [k for k in keys if CRITERION_NAMES[k] not in CRITERION_REGISTRY]:
+        skipped[key] = f"criterion {CRITERION_NAMES[key]} is not registered (module not there yet)"
+        logger.warning("skipping %s: %s", key, skipped[key])
+        keys.remove(key)
 
     t_start = time.perf_counter()
     tmp_ctx = tempfile.TemporaryDirectory(prefix="step_cost_")
@@ -300,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             model = task.build_model(cfg.model)
             model.load_state_dict(init_state)
             model.to(device)
-            criterion = task.build_criterion(cfg.criterion).to(device)
+            criterion = build_criterion(task, cfg, key).to(device)
             params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
             optimizer = optim.build_optimizer(cfg.optimizer, params)
         except Exception as exc:  # noqa: BLE001 - a broken contender must not sink the baseline

@@ -64,3 +64,30 @@ def tiny_bert(tmp_path_factory) -> str:
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+# ------------------------------------------------------------------------------- devices
+# Tensor-path tests take the ``device`` fixture: every test runs on the CPU, and again on CUDA
+# where torch sees a GPU; elsewhere its cuda case is reported as skipped with the reason
+# "no CUDA". With REQUIRE_CUDA=1 in the environment (benchmarks/gpu_check.sh sets it) a missing
+# GPU fails the cuda cases instead, so a GPU check can never pass on CPU alone.
+DEVICES = ("cpu", "cuda")
+
+
+def resolve_test_device(name: str):
+    """``torch.device(name)``; for ``cuda`` skip (reason "no CUDA") where torch sees no GPU, or
+    fail where ``REQUIRE_CUDA`` is set."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        if os.environ.get("REQUIRE_CUDA"):
+            pytest.fail("REQUIRE_CUDA is set but torch sees no CUDA device", pytrace=False)
+        pytest.skip("no CUDA")
+    return torch.device(name)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """The device a tensor-path test runs on: ``cpu`` always, ``cuda`` where present (see
+    :func:`resolve_test_device`); the test ids end in ``[cpu]`` / ``[cuda]``."""
+    return resolve_test_device(request.param)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Knowledge internalization + negative distillation in one training run on CMU_DoG
+# (--criterion ki_negative_distillation): KI inputs (knowledge base -> retriever -> index ->
+# mined alignments of the WordPiece sources) and the negative teacher (source entropy -> D_N ->
+# teacher), then the composed student -> plain decoding -> metrics with knowledge F1 against the
+# document section the speaker saw. Stages and every option: examples/dailydialog/train_ki_nd.sh
+# (dataset-agnostic apart from its defaults). Run prepare.sh first, then
+#   bash examples/cmu_dog/train_ki_nd.sh [extra fairseq-train flags]
+# Decode it with KID as any plain model: CHECKPOINT=$WORK/checkpoints/ki_nd_$CONFIG/checkpoint_best.pt
+#   bash examples/cmu_dog/generate_kid.sh
+# --- paths and options (override by environment) -------------------------------------------
+WORK="${WORK:-$(cd "$(dirname "$0")/../.." && pwd)/work/cmu_dog}"   # prepare.sh's output
+SUBWORD_FORMAT="${SUBWORD_FORMAT:-wordpiece}"                     # prepare.sh: BERT WordPiece
+CONFIG="${CONFIG:-small}"
+MAX_EPOCH="${MAX_EPOCH:-2}"
+TEACHER_EPOCH="${TEACHER_EPOCH:-2}"
+SEED="${SEED:-1}"
+KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/test.knowledge}"   # grounding text, one line per test example
+# -------------------------------------------------------------------------------------------
+export WORK SUBWORD_FORMAT CONFIG MAX_EPOCH TEACHER_EPOCH SEED KNOWLEDGE
+exec bash "$(dirname "$0")/../dailydialog/train_ki_nd.sh" "$@"
