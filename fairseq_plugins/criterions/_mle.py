@@ -33,6 +33,12 @@ def target_and_sample_size(model: Any, net_output: Any, sample: dict, sentence_a
     return target, sample_size
 
 
+def batch_counts(sample: dict, sample_size: int) -> dict:
+    """The counts every logging output carries: ``ntokens``, ``nsentences`` (rows of
+    ``sample["target"]``, (B, T)) and ``sample_size``."""
+    return {"ntokens": sample["ntokens"], "nsentences": sample["target"].size(0), "sample_size": sample_size}
+
+
 def reduce_mle_metrics(logging_outputs, per_sample_losses: Sequence[str] = ("mle_loss",)) -> Callable[[str], float]:
     """Log ``loss`` and each of ``per_sample_losses`` per sample_size, ``nll_loss`` per target
     token (all base 2, as fairseq) and ``ppl``, summed over workers; return the summing function

@@ -52,7 +52,7 @@ from typing import Any, Dict
 from fairseq.criterions import FairseqCriterion, register_criterion
 from torch import Tensor
 
-from fairseq_plugins.criterions._mle import reduce_mle_metrics
+from fairseq_plugins.criterions._mle import batch_counts, reduce_mle_metrics
 from fairseq_plugins.criterions.knowledge_internalization import (
     KnowledgeInternalizationConfig,
     KnowledgeInternalizationCriterion,
@@ -126,9 +126,7 @@ class KINegativeDistillationCriterion(FairseqCriterion):
             "loss": loss.data,
             **nd_logs,
             **ki_logs,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
+            **batch_counts(sample, sample_size),
         }
         return loss, sample_size, logging_output
 

@@ -65,7 +65,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 from torch import Tensor, nn
 
-from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
+from fairseq_plugins.criterions._mle import batch_counts, label_smoothed_mle, reduce_mle_metrics
 from fairseq_plugins.models.encoder_capture import EncoderOutputCapture
 from informative_dialogue.ki import loss as ki
 from informative_dialogue.ki.alignments import KnowledgeAlignments
@@ -264,9 +264,7 @@ class KnowledgeInternalizationCriterion(FairseqCriterion):
             "loss": loss.data,
             "nll_loss": nll.data,
             **ki_logs,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
+            **batch_counts(sample, sample_size),
         }
         return loss, sample_size, logging_output
 

@@ -47,7 +47,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 from torch import Tensor
 
-from fairseq_plugins.criterions._mle import reduce_mle_metrics, target_and_sample_size
+from fairseq_plugins.criterions._mle import batch_counts, reduce_mle_metrics, target_and_sample_size
 from fairseq_plugins.criterions._task_contract import passes_update_num
 from fairseq_plugins.criterions.teacher import check_architecture, load_teacher
 from fairseq_plugins.models.capture import attention_mask, forward_with_scores, greedy_decode, output_logits
@@ -321,9 +321,7 @@ class NegativeDistillationCriterion(FairseqCriterion):
         logging_output = {
             "loss": loss.data,
             **nd_logs,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
+            **batch_counts(sample, sample_size),
         }
         return loss, sample_size, logging_output
 

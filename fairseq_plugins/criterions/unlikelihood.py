@@ -35,7 +35,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from fairseq_plugins.criterions._mle import label_smoothed_mle, reduce_mle_metrics
+from fairseq_plugins.criterions._mle import batch_counts, label_smoothed_mle, reduce_mle_metrics
 from informative_dialogue.nd import unlikelihood as ul
 from fairseq_plugins.models.capture import greedy_decode
 
@@ -114,9 +114,7 @@ class VocabUnlikelihoodCriterion(FairseqCriterion):
             "ul_tokens": n_penalised,
             "ul_candidates": n_candidates,
             "ul_batches": 1,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
+            **batch_counts(sample, sample_size),
         }
         return loss, sample_size, logging_output
 
@@ -202,9 +200,7 @@ class NegativeTrainingCriterion(FairseqCriterion):
             "mle_loss": mle.data,
             "nt_loss": neg.data,
             "nt_negatives": n_neg,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
+            **batch_counts(sample, sample_size),
         }
         return loss, sample_size, logging_output
 
