@@ -24,6 +24,7 @@ setup(
             "source-entropy=data_prep.nd.source_entropy:cli",
             "kid-retrieve=data_prep.kid.retrieve:cli",
             "kid-build-trie=data_prep.kid.build_trie:cli",
+            "kid-merge-shards=data_prep.kid.merge:cli",
             "kid-convert-dpr=data_prep.kid.dpr_passages:cli",
             "dialog-metrics=dialogue_metrics.cli:cli",
             "build-knowledge-base=data_prep.ki.knowledge_base:cli",

@@ -27,31 +27,47 @@ An example with no retrieved passage or no triple gets an empty trie (``"trie": 
 cases are counted in the stats. Sizes (keys, values, links, depths, bytes) are logged and
 written to ``--stats`` (default ``<output>.stats.json``).
 
+Sharding and resuming (:mod:`data_prep.kid.shards`, the conventions of ``ki-mine``):
+``--num-shards N --shard-id I`` builds the tries of the contiguous line range
+``[n·I//N, n·(I+1)//N)`` of ``--retrieval`` into ``OUT.shard{I}of{N}.jsonl`` (``"id"`` = the
+example's line in the whole input) with ``OUT.shard{I}of{N}.progress.json`` rewritten after
+every ``--chunk-lines`` examples (default 2000) and ``OUT.shard{I}of{N}.stats.json`` when done;
+a rerun resumes where a killed run stopped, skips a complete shard without loading spaCy, and
+refuses (naming the progress file) a shard recorded with another retrieval file, collection,
+``--source`` content or option. ``kid-merge-shards --output OUT --num-shards N`` joins complete
+shards into ``OUT`` and ``OUT.stats.json``; with the default ``--num-shards 1`` the one shard
+becomes ``OUT`` by itself. The shards concatenated equal the unsharded output byte for byte,
+and the merged stats equal the unsharded ones (up to float rounding of the means; timings and
+``passages_parsed``, the work done, aside): the progress file keeps each distinct passage's
+triple count, so it grows with the passages a shard retrieves. Shards running at the same
+time may share one ``--triples-cache`` (appends are locked, :mod:`data_prep.kid.triples_cache`);
+a passage parsed by two shards before either cached it is parsed twice.
+
 The trie module is loaded from its file, without importing the ``fairseq_plugins`` package
 (whose ``__init__`` imports fairseq), unless that package is already imported.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import time
 from types import ModuleType
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
 from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import console_script, setup_logging
-from informative_dialogue.text_io import OutputSet
-from data_prep.kid.collection import Passage, add_collection_arguments, collection_from_args, index_by_id
+from data_prep.ki.shards import source_fingerprint
+from data_prep.kid.collection import Passage, add_collection_arguments, collection_from_args, collection_key, index_by_id
 from data_prep.kid.retrieve import read_contexts
-from data_prep.kid.triples import DEFAULT_SPACY_MODEL, Triple, extract_triples_batch, load_spacy
+from data_prep.kid.shards import add_shard_arguments, check_shard_flags, merge_shards, new_record, run_shard
+from data_prep.kid.triples import DEFAULT_SPACY_MODEL, Triple, load_spacy
+from data_prep.kid.triples_cache import load_triples_cache, parse_missing, passage_triples  # noqa: F401 (passage_triples: API)
 from informative_dialogue.stop_words import english_stop_words
-from informative_dialogue.kid.trie_files import save_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -97,51 +113,6 @@ def read_retrieval(path: str | os.PathLike, passages: dict[str, Passage], top_k:
             ids.append(pid)
         out.append(ids[:top_k] if top_k > 0 else ids)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# triples per passage, with an optional on-disk cache
-
-
-def _text_hash(p: Passage) -> str:
-    return hashlib.sha1(p.text.encode("utf-8")).hexdigest()[:16]
-
-
-def passage_triples(
-    ids: Sequence[str],
-    passages: dict[str, Passage],
-    nlp: Any,
-    cache_path: Optional[str] = None,
-    batch_size: int = 32,
-) -> tuple[dict[str, list[Triple]], int]:
-    """Triples of each distinct passage in ``ids``, each parsed at most once.
-
-    Returns ``(id -> triples, number of passages parsed in this call)``; with ``cache_path``
-    earlier results (same id and text hash) are reused and new ones appended.
-    """
-    wanted = list(dict.fromkeys(ids))
-    triples: dict[str, list[Triple]] = {}
-    if cache_path and os.path.exists(cache_path):
-        for line_no, raw in enumerate(text_io.iter_lines(cache_path), 1):
-            try:
-                rec = json.loads(raw)
-                pid, h, trs = rec["id"], rec["hash"], rec["triples"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CorpusError(cache_path, f"bad triples-cache line ({exc}); delete the file", line_no) from exc
-            p = passages.get(pid)
-            if p is not None and _text_hash(p) == h:
-                triples[pid] = [tuple(t) for t in trs]  # type: ignore[misc]
-        logger.info("triples cache %s: %d of %d passages found", cache_path, sum(p in triples for p in wanted), len(wanted))
-    todo = [pid for pid in wanted if pid not in triples]
-    if todo:
-        parsed = extract_triples_batch([passages[p].text for p in todo], nlp, batch_size=batch_size, desc="parse passages")
-        for pid, trs in zip(todo, parsed):
-            triples[pid] = trs
-        if cache_path:
-            with open(cache_path, "a", encoding="utf-8") as f:
-                for pid, trs in zip(todo, parsed):
-                    f.write(json.dumps({"id": pid, "hash": _text_hash(passages[pid]), "triples": trs}, ensure_ascii=False) + "\n")
-    return triples, len(todo)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,22 +188,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="{split}.src whose lines give the initial entities (same line count)")
     p.add_argument("--wordpiece", action="store_true", help="join '##' continuations of --source first")
     p.add_argument("--output", required=True, help="trie JSONL (one line per example)")
-    p.add_argument("--stats", help="stats JSON (default: <output>.stats.json)")
+    p.add_argument("--stats", help="stats JSON (default: <output>.stats.json; only with --num-shards 1)")
     p.add_argument("-k", "--top-k", type=int, default=0, help="use the first k retrieved passages (0 = all)")
     p.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL)
     p.add_argument("--batch-size", type=int, default=32, help="spaCy nlp.pipe batch size")
-    p.add_argument("--triples-cache", help="JSONL cache of per-passage triples, reused across runs")
+    p.add_argument("--triples-cache", help="JSONL cache of per-passage triples, reused across runs (shards may share it)")
+    add_shard_arguments(p)
     p.add_argument("--verbose", action="store_true")
     return p
 
 
-def main(argv: Optional[list[str]] = None, nlp: Any = None) -> dict:
-    """``kid-build-trie`` in-process; returns the stats it writes. ``nlp``: an already loaded
-    spaCy pipeline (tests, notebooks) instead of ``--spacy-model``."""
+def trie_line(example: int, trie: Any, entities: Optional[Sequence[str]]) -> str:
+    """One output line (no newline), as :func:`informative_dialogue.kid.trie_files.save_jsonl`
+    writes it for example ``example``."""
+    rec: dict[str, Any] = {"id": example, "entities": list(entities) if entities is not None else None}
+    rec.update(trie.to_json())
+    return json.dumps(rec, ensure_ascii=False)
+
+
+def chunk_counts(
+    retrieved: Sequence[Sequence[str]], tries: Sequence[Any], entities: Sequence[Optional[list[str]]],
+    triples: Mapping[str, list[Triple]], lines: Sequence[str],
+) -> dict:
+    """Counts of a chunk of examples (combined by :func:`data_prep.kid.shards.merge_counts`)."""
+    per = [t.stats() for t in tries]
+    return {
+        "examples": len(tries),
+        "no_passages": sum(1 for ids in retrieved if not ids),
+        "no_triples": sum(1 for ids in retrieved if ids and not any(triples[p] for p in ids)),
+        "empty_tries": sum(1 for t in tries if t.is_empty()),
+        "passage_triples": {p: len(triples[p]) for ids in retrieved for p in ids},
+        "keys_total": sum(p["keys"] for p in per),
+        "max_keys": max((p["keys"] for p in per), default=0),
+        "values_total": sum(p["values"] for p in per),
+        "value_words_total": sum(p["value_words"] for p in per),
+        "links_total": sum(p["links"] for p in per),
+        "max_depth": max((p["max_depth"] for p in per), default=0),
+        "depth_sum": sum(p["mean_depth"] for p in per),
+        "entities_total": sum(len(e) for e in entities if e is not None),
+        "bytes": sum(len(line.encode("utf-8")) + 1 for line in lines),
+    }
+
+
+def trie_stats(counts: Mapping[str, Any], record: Mapping[str, Any]) -> dict:
+    """The stats of a shard or of the merged output from its combined counts."""
+    n = counts.get("examples", 0)
+    nz = max(n, 1)
+    pt = counts.get("passage_triples", {})
+    return {
+        "retrieval": record["source"]["path"],
+        "collection": record["collection"]["path"],
+        "examples": n,
+        "no_passages": counts.get("no_passages", 0),
+        "no_triples": counts.get("no_triples", 0),
+        "empty_tries": counts.get("empty_tries", 0),
+        "distinct_passages": len(pt),
+        "passages_parsed": counts.get("passages_parsed", 0),
+        "passage_triples_mean": sum(pt.values()) / max(len(pt), 1),
+        "keys_total": counts.get("keys_total", 0),
+        "keys_mean": counts.get("keys_total", 0) / nz,
+        "keys_max": counts.get("max_keys", 0),
+        "values_mean": counts.get("values_total", 0) / nz,
+        "value_words_mean": counts.get("value_words_total", 0) / nz,
+        "links_total": counts.get("links_total", 0),
+        "links_mean": counts.get("links_total", 0) / nz,
+        "max_depth": counts.get("max_depth", 0),
+        "mean_depth": counts.get("depth_sum", 0.0) / nz,
+        "entities_mean": counts.get("entities_total", 0) / n if record["options"]["contexts"] and n else None,
+        "bytes": counts.get("bytes", 0),
+        "parse_seconds": round(counts.get("parse_seconds", 0.0), 3),
+        "total_seconds": round(record.get("elapsed_s", 0.0), 3),
+    }
+
+
+def main(argv: Optional[list[str]] = None, nlp: Any = None, stop_after_chunks: Optional[int] = None) -> dict:
+    """``kid-build-trie`` in-process; returns the stats it writes (of the shard when
+    ``--num-shards`` > 1). ``nlp``: an already loaded spaCy pipeline (tests, notebooks) instead
+    of ``--spacy-model``; ``stop_after_chunks`` (tests): stop as if killed."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    t0 = time.time()
-    passages = index_by_id(collection_from_args(args))
+    check_shard_flags(args.num_shards, args.shard_id, args.chunk_lines)
+    if args.stats and args.num_shards > 1:
+        raise ValueError("--stats names the merged stats: pass it to kid-merge-shards, not to a shard (--num-shards > 1)")
+    collection = collection_from_args(args)
+    passages = index_by_id(collection)
     retrieved = read_retrieval(args.retrieval, passages, args.top_k)
     contexts: Optional[list[str]] = None
     if args.source:
@@ -242,47 +281,42 @@ def main(argv: Optional[list[str]] = None, nlp: Any = None) -> dict:
                 args.retrieval,
                 f"{len(retrieved)} lines, but {args.source} has {len(contexts)}: the retrieval must come from that file",
             )
-    if nlp is None:
-        nlp = load_spacy(args.spacy_model)
-    kt = knowledge_trie_module()
-    normalizer = kt.WordNormalizer()
-    all_ids = [pid for ids in retrieved for pid in ids]
-    triples, parsed = passage_triples(all_ids, passages, nlp, args.triples_cache, args.batch_size)
-    t_parse = time.time()
-    tries = build_tries(retrieved, triples, normalizer, kt)
-    entities: list[Optional[list[str]]] = [None] * len(tries)
-    if contexts is not None:
-        entities = list(entities_batch(contexts, nlp))
-    with OutputSet() as outputs:  # the trie file and its stats move into place together, or neither
-        size = save_jsonl(outputs.path(args.output), list(zip(tries, entities)))
-        per = [t.stats() for t in tries]
-        stats: dict[str, Any] = {
-            "retrieval": args.retrieval,
-            "collection": args.collection,
-            "examples": len(tries),
-            "no_passages": sum(1 for ids in retrieved if not ids),
-            "no_triples": sum(1 for ids in retrieved if ids and not any(triples[p] for p in ids)),
-            "empty_tries": sum(1 for t in tries if t.is_empty()),
-            "distinct_passages": len(set(all_ids)),
-            "passages_parsed": parsed,
-            "passage_triples_mean": (sum(len(triples[p]) for p in set(all_ids)) / max(len(set(all_ids)), 1)),
-            "keys_total": size["keys_total"],
-            "keys_mean": size["keys_mean"],
-            "keys_max": max((p["keys"] for p in per), default=0),
-            "values_mean": sum(p["values"] for p in per) / max(len(per), 1),
-            "value_words_mean": size["value_words_mean"],
-            "links_total": sum(p["links"] for p in per),
-            "links_mean": sum(p["links"] for p in per) / max(len(per), 1),
-            "max_depth": size["max_depth"],
-            "mean_depth": sum(p["mean_depth"] for p in per) / max(len(per), 1),
-            "entities_mean": (sum(len(e) for e in entities if e is not None) / len(entities)) if contexts else None,
-            "bytes": size["bytes"],
-            "parse_seconds": round(t_parse - t0, 3),
-            "total_seconds": round(time.time() - t0, 3),
-        }
-        stats_path = args.stats or f"{args.output}.stats.json"
-        with open(outputs.path(stats_path), "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=2, sort_keys=True)
+    options = {
+        "top_k": args.top_k, "wordpiece": args.wordpiece, "spacy_model": args.spacy_model, "batch_size": args.batch_size,
+        "chunk_lines": args.chunk_lines, "collection_key": collection_key(collection),
+        "contexts": source_fingerprint(args.source, len(contexts))["sha256"] if contexts is not None else None,
+    }
+    record = new_record("kid-build-trie", args.retrieval, len(retrieved), options,
+                        collection={"path": os.path.abspath(args.collection), "passages": len(collection)})
+
+    def prepare() -> tuple[Any, dict]:
+        model = nlp if nlp is not None else load_spacy(args.spacy_model)
+        kt = knowledge_trie_module()
+        normalizer = kt.WordNormalizer()
+        known = load_triples_cache(args.triples_cache, passages) if args.triples_cache else {}
+        if args.triples_cache:
+            logger.info("triples cache %s: %d passages of the collection", args.triples_cache, len(known))
+
+        def process(start: int, end: int) -> tuple[list[str], dict]:
+            t0 = time.time()
+            chunk = retrieved[start:end]
+            parsed = parse_missing([p for ids in chunk for p in ids], passages, model, known, args.triples_cache, args.batch_size)
+            t_parse = time.time() - t0
+            tries = build_tries(chunk, known, normalizer, kt)
+            entities = entities_batch(contexts[start:end], model) if contexts is not None else [None] * (end - start)
+            lines = [trie_line(start + j, t, e) for j, (t, e) in enumerate(zip(tries, entities))]
+            counts = chunk_counts(chunk, tries, entities, known, lines)
+            counts.update(passages_parsed=parsed, parse_seconds=t_parse)
+            return lines, counts
+
+        return process, {}
+
+    stats = run_shard(args.output, record, prepare, trie_stats, args.num_shards, args.shard_id, args.chunk_lines,
+                      stop_after_chunks=stop_after_chunks)
+    if "stopped_at_line" in stats:
+        return stats
+    if args.num_shards == 1:
+        stats = merge_shards(args.output, 1, trie_stats, "id", stats_path=args.stats, input_path=args.retrieval, remove_shards=True)
     logger.info(
         "kid-build-trie: %d examples (%d empty tries: %d without passages, %d without triples), "
         "keys %.1f/example (max %d), %d links, max depth %d, %d bytes -> %s",

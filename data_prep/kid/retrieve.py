@@ -22,6 +22,20 @@ Output (JSONL, one line per input line, in order)::
 
 best first (ties broken by collection order). An empty context gets ``"passages": []``.
 A stats JSON (``--stats``, default ``<output>.stats.json``) records counts and timings.
+
+Sharding and resuming (:mod:`data_prep.kid.shards`, the conventions of ``ki-mine``):
+``--num-shards N --shard-id I`` retrieves for the contiguous line range
+``[n·I//N, n·(I+1)//N)`` of ``--input`` into ``OUT.shard{I}of{N}.jsonl`` (``"line"`` = the line
+in the whole input) with ``OUT.shard{I}of{N}.progress.json`` rewritten after every
+``--chunk-lines`` lines (default 2000) and ``OUT.shard{I}of{N}.stats.json`` when done; a rerun
+resumes where a killed run stopped, skips a complete shard, and refuses (naming the progress
+file) a shard recorded with another input, collection or option. ``kid-merge-shards --output
+OUT --num-shards N`` joins complete shards into ``OUT`` and ``OUT.stats.json``. With the
+default ``--num-shards 1`` the one shard becomes ``OUT`` by itself (a killed run resumes the
+same way). Shards equal the unsharded output byte for byte for ``sparse`` and ``random``
+(row ``r`` of the random draw is the context's rank among the non-empty contexts of the
+whole input); ``dense`` batches contexts by length inside a chunk, so a different chunking
+changes its scores by float rounding only.
 """
 from __future__ import annotations
 
@@ -31,7 +45,7 @@ import logging
 import os
 import re
 import time
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -39,6 +53,7 @@ from informative_dialogue.cli import console_script, setup_logging
 from informative_dialogue.text_io import read_lines
 from data_prep.kid.collection import Passage, add_collection_arguments, collection_from_args, collection_key
 from data_prep.kid.dense_retriever import DenseEncoder, DenseRetriever
+from data_prep.kid.shards import add_shard_arguments, check_shard_flags, merge_shards, new_record, run_shard
 from data_prep.kid.sparse_retrievers import BM25Retriever, RandomRetriever
 
 logger = logging.getLogger(__name__)
@@ -81,18 +96,35 @@ class Retriever(Protocol):
 # driver
 
 
+def random_rows(retriever: RandomRetriever, n_queries: int, k: int, first_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """``RandomRetriever.search`` for rows ``first_row .. first_row + n_queries - 1`` of one
+    long call (row ``r`` seeded by ``(seed, r)``), so that chunks and shards draw what the
+    whole input draws."""
+    k_eff = min(k, retriever.n)
+    idx = np.full((n_queries, k), -1, dtype=np.int64)
+    for r in range(n_queries):
+        idx[r, :k_eff] = np.random.default_rng((retriever.seed, first_row + r)).choice(retriever.n, size=k_eff, replace=False)
+    return np.zeros((n_queries, k), dtype=np.float32), idx
+
+
 def retrieve(
     contexts: Sequence[str],
     passages: Sequence[Passage],
     retriever: Retriever,
     k: int,
+    first_row: int = 0,
 ) -> list[list[tuple[str, float]]]:
-    """Per context, ``[(passage id, score), ...]`` best first; ``[]`` for an empty context."""
+    """Per context, ``[(passage id, score), ...]`` best first; ``[]`` for an empty context.
+    ``first_row``: non-empty contexts before ``contexts[0]`` in the whole input (only the
+    random retriever depends on it)."""
     live = [i for i, c in enumerate(contexts) if c.strip()]
     results: list[list[tuple[str, float]]] = [[] for _ in contexts]
     if not live or k < 1:
         return results
-    scores, idx = retriever.search([contexts[i] for i in live], k)
+    if isinstance(retriever, RandomRetriever):
+        scores, idx = random_rows(retriever, len(live), k, first_row)
+    else:
+        scores, idx = retriever.search([contexts[i] for i in live], k)
     for row, i in enumerate(live):
         results[i] = [(passages[j].id, float(s)) for s, j in zip(scores[row], idx[row]) if j >= 0]
     return results
@@ -114,15 +146,59 @@ def build_retriever(args: argparse.Namespace, passages: Sequence[Passage]) -> Re
     raise ValueError(f"unknown retriever {args.retriever!r}")
 
 
+def format_result(line: int, hits: Sequence[tuple[str, float]]) -> str:
+    """One output line (no ``\\n``): ``{"line": line, "passages": [{"id", "score"}, ...]}``."""
+    rec: dict[str, Any] = {"line": line, "passages": [{"id": pid, "score": round(score, 6)} for pid, score in hits]}
+    return json.dumps(rec, ensure_ascii=False)
+
+
 def write_results(path: str | os.PathLike, results: Sequence[Sequence[tuple[str, float]]]) -> None:
     """The output JSONL (see the module docstring)."""
     with open(path, "w", encoding="utf-8") as f:
         for i, hits in enumerate(results):
-            rec: dict[str, Any] = {
-                "line": i,
-                "passages": [{"id": pid, "score": round(score, 6)} for pid, score in hits],
-            }
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(format_result(i, hits) + "\n")
+
+
+def record_options(args: argparse.Namespace, passages: Sequence[Passage]) -> dict:
+    """The options that shape the output (recorded by every shard; must match on resume/merge)."""
+    options: dict[str, Any] = {
+        "retriever": args.retriever, "top_k": args.top_k, "wordpiece": args.wordpiece,
+        "collection_key": collection_key(passages), "chunk_lines": args.chunk_lines,
+    }
+    if args.retriever == "dense":
+        options.update(model=args.model, max_length=args.max_length, batch_size=args.batch_size)
+    elif args.retriever == "sparse":
+        options.update(bm25_k1=args.bm25_k1, bm25_b=args.bm25_b)
+    else:
+        options.update(seed=args.seed)
+    return options
+
+
+def retrieval_stats(counts: Mapping[str, Any], record: Mapping[str, Any]) -> dict:
+    """The stats of a shard or of the merged output from its summed counts."""
+    o = record["options"]
+    lines, search_s = counts.get("lines", 0), counts.get("search_seconds", 0.0)
+    stats: dict[str, Any] = {
+        "input": record["source"]["path"],
+        "collection": record["collection"]["path"],
+        "collection_key": o["collection_key"],
+        "passages": record["collection"]["passages"],
+        "retriever": o["retriever"],
+        "top_k": o["top_k"],
+        "lines": lines,
+        "empty_contexts": counts.get("empty_contexts", 0),
+        "empty_results": counts.get("empty_results", 0),
+        "mean_hits": counts.get("hits", 0) / lines if lines else 0.0,
+        "index_seconds": round(counts.get("index_seconds", 0.0), 3),
+        "search_seconds": round(search_s, 3),
+        "contexts_per_second": round(lines / max(search_s, 1e-9), 1),
+    }
+    if o["retriever"] == "dense":
+        stats["model"] = o["model"]
+        stats["passages_encoded"] = encoded = counts.get("passages_encoded", 0)
+        if encoded:
+            stats["passages_per_second"] = round(encoded / max(counts.get("encode_seconds", 0.0), 1e-9), 1)
+    return stats
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="contexts, one per line (a prepared {split}.src)")
     add_collection_arguments(p)
     p.add_argument("--output", required=True, help="retrieval JSONL")
-    p.add_argument("--stats", help="stats JSON (default: <output>.stats.json)")
+    p.add_argument("--stats", help="stats JSON (default: <output>.stats.json; only with --num-shards 1)")
     p.add_argument("--retriever", choices=["dense", "sparse", "random"], default="dense")
     p.add_argument("-k", "--top-k", type=int, default=5, help="passages per context (default 5)")
     p.add_argument("--wordpiece", action="store_true", help="join BERT WordPiece '##' continuations first")
@@ -147,49 +223,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bm25-k1", type=float, default=1.2)
     p.add_argument("--bm25-b", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=1, help="random: seed")
+    add_shard_arguments(p)
     p.add_argument("--verbose", action="store_true")
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    """``kid-retrieve`` in-process; returns the stats it writes."""
+def main(argv: Optional[list[str]] = None, stop_after_chunks: Optional[int] = None) -> dict:
+    """``kid-retrieve`` in-process; returns the stats it writes (of the shard when
+    ``--num-shards`` > 1). ``stop_after_chunks`` (tests): stop as if killed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be >= 1")
     setup_logging(args.verbose)
-    t0 = time.time()
+    check_shard_flags(args.num_shards, args.shard_id, args.chunk_lines)
+    if args.stats and args.num_shards > 1:
+        raise ValueError("--stats names the merged stats: pass it to kid-merge-shards, not to a shard (--num-shards > 1)")
     passages = collection_from_args(args)
     contexts = read_contexts(args.input, args.wordpiece)
-    retriever = build_retriever(args, passages)
-    t1 = time.time()
-    results = retrieve(contexts, passages, retriever, args.top_k)
-    t2 = time.time()
-    write_results(args.output, results)
-    stats: dict[str, Any] = {
-        "input": args.input,
-        "collection": args.collection,
-        "collection_key": collection_key(passages),
-        "passages": len(passages),
-        "retriever": args.retriever,
-        "top_k": args.top_k,
-        "lines": len(contexts),
-        "empty_contexts": sum(1 for c in contexts if not c.strip()),
-        "empty_results": sum(1 for r in results if not r),
-        "mean_hits": (sum(len(r) for r in results) / len(results)) if results else 0.0,
-        "index_seconds": round(t1 - t0, 3),
-        "search_seconds": round(t2 - t1, 3),
-        "contexts_per_second": round(len(contexts) / max(t2 - t1, 1e-9), 1),
-    }
-    if isinstance(retriever, DenseRetriever):
-        stats["model"] = retriever.encoder.model_path
-        stats["device"] = retriever.encoder.device
-        stats["passages_encoded"] = retriever.encoded
-        if retriever.encoded:
-            stats["passages_per_second"] = round(retriever.encoded / max(retriever.encode_seconds, 1e-9), 1)
-    stats_path = args.stats or f"{args.output}.stats.json"
-    with open(stats_path, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2, sort_keys=True)
+    record = new_record("kid-retrieve", args.input, len(contexts), record_options(args, passages),
+                        collection={"path": os.path.abspath(args.collection), "passages": len(passages)})
+
+    def prepare() -> tuple[Any, dict]:
+        t0 = time.time()
+        retriever = build_retriever(args, passages)
+        live_before = np.concatenate([[0], np.cumsum([bool(c.strip()) for c in contexts])])  # (n + 1,)
+        setup: dict[str, Any] = {"index_seconds": time.time() - t0}
+        if isinstance(retriever, DenseRetriever):
+            setup.update(passages_encoded=retriever.encoded, encode_seconds=retriever.encode_seconds)
+
+        def process(start: int, end: int) -> tuple[list[str], dict]:
+            t = time.time()
+            chunk = contexts[start:end]
+            results = retrieve(chunk, passages, retriever, args.top_k, first_row=int(live_before[start]))
+            counts = {
+                "lines": end - start, "empty_contexts": sum(1 for c in chunk if not c.strip()),
+                "empty_results": sum(1 for r in results if not r), "hits": sum(len(r) for r in results),
+                "search_seconds": time.time() - t,
+            }
+            return [format_result(start + j, hits) for j, hits in enumerate(results)], counts
+
+        return process, setup
+
+    stats = run_shard(args.output, record, prepare, retrieval_stats, args.num_shards, args.shard_id, args.chunk_lines,
+                      stop_after_chunks=stop_after_chunks)
+    if args.num_shards == 1 and "stopped_at_line" not in stats:
+        stats = merge_shards(args.output, 1, retrieval_stats, "line", stats_path=args.stats, input_path=args.input, remove_shards=True)
     logger.info("kid-retrieve: %s", json.dumps(stats, sort_keys=True))
     return stats
 
