@@ -5,7 +5,9 @@ For every batch size, the same test examples are decoded (beam 1, sampling, same
 
 * ``plain``: fairseq's ``SequenceGenerator`` with ``search.Sampling``;
 * ``kid``:   :class:`KIDSequenceGenerator` with the same search and ``kid_steps`` Adam steps
-  (or the closed-form update of ``--kid-solver sigma``);
+  (or the closed-form update of ``--kid-solver sigma``, or the key/value update of
+  ``--kid-solver kv``: its breakdown adds the K forward+backward steps, the mixture and the
+  perturbed cache's reordering);
 
 after one warm-up pass, ``--repeats`` timed passes; the median wall time and the generated
 token count (EOS included, as fairseq counts hypothesis lengths) give tokens/s. An extra
@@ -35,7 +37,8 @@ import torch
 from informative_dialogue.kid.options import add_kid_arguments
 
 logger = logging.getLogger("kid_decoding_speed")
-KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "mode", "entity", "subwords", "solver")
+KID_FLAGS = ("hops", "memory", "steps", "lr", "sigma", "beta", "mode", "entity", "subwords", "solver", "kv_step",
+             "kv_kl", "kv_gamma", "kv_mix")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -141,6 +144,7 @@ def instrumented_pass(gen: Any, models: List[Any], batches: List[Dict[str, Any]]
     from fairseq.sequence_generator import EnsembleModel
     from informative_dialogue.kid import memory as memory_module
     from informative_dialogue.kid.memory import EntityMemory, KIDCore
+    from fairseq_plugins.generation import kv_state
 
     timers = Timers()
     targets = [
@@ -152,6 +156,11 @@ def instrumented_pass(gen: Any, models: List[Any], batches: List[Dict[str, Any]]
         (memory_module, "kid_policy_update", "policy update"),
         (memory_module, "sigma_solve", "policy update"),
         (EntityMemory, "reorder", "memory reorder"),
+        # --kid-solver kv: K forward+backward passes of one decoder step and the final perturbed
+        # step (kv_perturbation), the mixture, the perturbed cache's reordering
+        (kv_state, "kv_perturbation", "kv update (K fwd+bwd + perturbed step)"),
+        (kv_state, "geometric_mix", "kv mixture"),
+        (kv_state.KVDecoderState, "reorder", "kv cache reorder"),
         (KIDCore, "new_memory", "memory init"),
     ]
     with patched(targets, timers):
