@@ -61,6 +61,8 @@ def env(shared_data: Path, tmp_path_factory) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # ~100 s: every stage of the recipe; the criterion's own fairseq-train -> fairseq-generate
+# run (tests/test_ki_nd_criterion.py) and the recipes' missing-input checks below stay in the default suite
 def test_train_ki_nd_every_stage(env: dict[str, str]) -> None:
     work = Path(env["WORK"])
     run_recipe("dailydialog/train_ki_nd.sh", dict(env, KI_STAGES="binarise", KI_LAMBDA="0.7", KI_MARGIN="0.3",
