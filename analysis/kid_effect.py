@@ -30,7 +30,7 @@ from analysis.paired_bootstrap import paired_bootstrap, per_example_scores
 from dialogue_metrics.ngrams import distinct_n
 from dialogue_metrics.readers import InputError, check_same_count, read_lines
 from dialogue_metrics.text import tokenize_all
-from informative_dialogue.cli import console_script
+from informative_dialogue.cli import console_script, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    setup_logging(args.verbose)
     with open(args.sweep, encoding="utf-8") as f:
         sweep = json.load(f)
     runs: Mapping[str, Mapping[str, Any]] = sweep.get("runs") or {}

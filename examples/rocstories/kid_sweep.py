@@ -205,6 +205,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if os.path.exists(sweep_path):
         with open(sweep_path, encoding="utf-8") as f:
             sweep = json.load(f)
+    knowledge = read_lines(args.knowledge) if any(r.prompt_knowledge for r in runs) else []
+    if knowledge:  # a short --knowledge file is an error before the model is loaded
+        knowledge_prompts(prompts_text, knowledge, args.prompt)
     model, tokenizer, info = load_lm(args.model, args.gguf_file)
     from informative_dialogue.kid.token_mapping import TokenMapper
 
@@ -212,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     stop_ids = sentence_end_ids(tokenizer)
     prompts = build_prompts(prompts_text, tokenizer, args.prompt, args.instruction)
     if any(r.prompt_knowledge for r in runs):
-        with_knowledge = build_prompts(knowledge_prompts(prompts_text, read_lines(args.knowledge), args.prompt),
+        with_knowledge = build_prompts(knowledge_prompts(prompts_text, knowledge, args.prompt),
                                        tokenizer, args.prompt, args.instruction)
     sweep.update({"source": os.path.abspath(args.source), "examples": len(prompts), "seed": args.seed,
                   "prompt": args.prompt, "model": info})

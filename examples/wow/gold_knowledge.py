@@ -34,7 +34,7 @@ from contextlib import ExitStack
 from typing import Dict, List, Optional, Sequence
 
 from data_prep.corpora.wow import read_pro_qa, read_sent_fact
-from informative_dialogue.cli import console_script
+from informative_dialogue.cli import console_script, setup_logging
 from informative_dialogue.text_io import OutputSet
 
 logger = logging.getLogger("gold_knowledge")
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    setup_logging(args.verbose)
     splits = [s for s in args.splits.split(",") if s.strip()]
     if not splits:
         raise ValueError("--splits is empty")
