@@ -36,3 +36,36 @@ def test_dailydialog_recipes_end_to_end(shared_data: Path, tmp_path: Path) -> No
         assert metrics["ppl"] > 1.0  # test-set perplexity from fairseq-validate
         # scored against the tokenised responses, not fairseq's T- lines (which show <<unk>>)
         assert metrics["settings"]["files"]["ref"] == str(tmp_path / "dd" / "tok" / "test.tgt")
+
+
+def stand_in_train(tmp_path: Path, **extra: str) -> list[str]:
+    """examples/common/train_transformer.sh with a stand-in fairseq-train that prints its
+    arguments: the arguments it was given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "fairseq-train"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "PATIENCE", "MAX_EPOCH", "LR", "SAVE_DIR")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", WORK=str(tmp_path), SAVE_DIR=str(tmp_path / "ckpt"), **extra)
+    proc = subprocess.run(["bash", str(REPO_ROOT / "examples" / "common" / "train_transformer.sh")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_compact_configuration_and_early_stopping_reach_fairseq_train(tmp_path: Path) -> None:
+    """CONFIG=compact is the 2+2-layer 128/512 model (and env.sh's encoder_dim agrees);
+    PATIENCE becomes fairseq's --patience and is absent unless set."""
+    args = stand_in_train(tmp_path, CONFIG="compact", PATIENCE="3", MAX_EPOCH="60")
+    assert [flag(args, f) for f in ("--encoder-layers", "--decoder-layers", "--encoder-embed-dim",
+                                    "--decoder-ffn-embed-dim", "--patience", "--max-epoch")] == [
+        "2", "2", "128", "512", "3", "60"]
+    dim = subprocess.run(["bash", "-c", f'source "{REPO_ROOT}/examples/common/env.sh"; encoder_dim compact'],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert dim == flag(args, "--encoder-embed-dim")
+    assert "--patience" not in stand_in_train(tmp_path, CONFIG="small")

@@ -45,7 +45,7 @@ SHARD_IDS="${SHARD_IDS:-$(seq -s ' ' 0 $((NUM_SHARDS - 1)))}"
 MINE_ARGS="${MINE_ARGS:-}"                      # e.g. --no-stopword-masking / --no-exact-match (Table 9)
 ABLATION="${ABLATION:-}"                        # random | sentence | factual | linguistic (stage ablate)
 # --- training --------------------------------------------------------------------------------
-CONFIG="${CONFIG:-small}"                       # paper | small | tiny (env.sh transformer_args)
+CONFIG="${CONFIG:-small}"                       # paper | small | compact | tiny (env.sh transformer_args)
 MAX_EPOCH="${MAX_EPOCH:-2}"
 SEED="${SEED:-1}"
 KI_LAMBDA="${KI_LAMBDA:-1}"                     # appendix B: lambda = 1

@@ -15,7 +15,7 @@ case "$TOKENIZER" in                       # how mining groups subword tokens in
   spm)  SUBWORD_FORMAT="${SUBWORD_FORMAT:-sentencepiece}" ;;
   *) echo "unknown TOKENIZER '$TOKENIZER' (bert or spm)" >&2; exit 1 ;;
 esac
-CONFIG="${CONFIG:-small}"                  # paper | small | tiny; small = the baseline of RESULTS.md
+CONFIG="${CONFIG:-small}"                  # paper | small | compact | tiny; small = the baseline of RESULTS.md
 MAX_EPOCH="${MAX_EPOCH:-2}"                # the baseline's budget
 SEED="${SEED:-1}"
 # -------------------------------------------------------------------------------------------

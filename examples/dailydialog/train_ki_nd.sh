@@ -33,7 +33,7 @@ case "$TOKENIZER" in                            # how mining groups subword toke
   spm)  SUBWORD_FORMAT="${SUBWORD_FORMAT:-sentencepiece}" ;;
   *) echo "unknown TOKENIZER '$TOKENIZER' (bert or spm)" >&2; exit 1 ;;
 esac
-CONFIG="${CONFIG:-small}"                       # paper | small | tiny (env.sh transformer_args)
+CONFIG="${CONFIG:-small}"                       # paper | small | compact | tiny (env.sh transformer_args)
 MAX_EPOCH="${MAX_EPOCH:-2}"                     # student epochs (the budget of RESULTS.md)
 TEACHER_EPOCH="${TEACHER_EPOCH:-2}"             # the negative teacher's epochs (stage nd)
 SEED="${SEED:-1}"

@@ -20,7 +20,7 @@ ENTROPY_DIR="${ENTROPY_DIR:-$WORK/entropy}"     # scores, negative/ (D_N), botto
 RATIO="${RATIO:-0.5}"                           # share of pairs in D_N (paper: top 50%)
 NORMALIZE="${NORMALIZE:-ws}"                    # source-entropy --normalize (lower,punct,ws | none)
 TIE_BREAK="${TIE_BREAK:-index}"                 # index | shorter (pairs tied at the cut)
-CONFIG="${CONFIG:-small}"                       # paper | small | tiny (env.sh transformer_args)
+CONFIG="${CONFIG:-small}"                       # paper | small | compact | tiny (env.sh transformer_args)
 TEACHER_EPOCH="${TEACHER_EPOCH:-2}"             # the budget of RESULTS.md
 MAX_EPOCH="${MAX_EPOCH:-2}"                     # student epochs (2 epochs = 846 updates on the full data)
 SEED="${SEED:-1}"
