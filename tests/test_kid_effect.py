@@ -108,6 +108,13 @@ def test_sweep_runs_parse_and_find_their_plain_baseline() -> None:
     assert sweep.same_settings(old, settings)
     changed = {"method": "sample", "decode": dataclasses.asdict(sweep.DecodeConfig(no_repeat_ngram_size=2))}
     assert not sweep.same_settings(old, changed) and not sweep.same_settings(None, settings)
+    # the sampling seed is part of a run's settings; records from before take the legacy values
+    seeded = dict(settings, seed=1, seed_scope="batch", batch_size=10)
+    legacy = {"seed": 1, "seed_scope": "run", "batch_size": 10}
+    assert sweep.same_settings(seeded, seeded, legacy)
+    assert not sweep.same_settings(old, seeded, legacy)  # old runs shared one stream: not the same draws
+    assert sweep.same_settings(old, dict(seeded, seed_scope="run"), legacy)
+    assert not sweep.same_settings(dict(seeded, seed=2), seeded, legacy)
     with pytest.raises(ValueError, match="names repeat"):
         sweep.baselines(runs + [sweep.parse_run("adam=kid_sample")])
     for bad, message in (("x", "expected NAME=METHOD"), ("x=kid_sample,bogus=1", "unknown key 'bogus'"),

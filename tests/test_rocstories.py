@@ -412,3 +412,33 @@ def test_smollm2_kid_two_stories(ge, tmp_path: Path) -> None:
     assert kid["updated_share"] > 0 and kid["kl_mean_updated"] > 0
     assert kid["demo_mass_after"] > kid["demo_mass_before"]
     assert knowledge_words(hyps["kid_greedy"]) >= knowledge_words(hyps["greedy"])
+
+
+def test_seed_scope_batch_makes_each_batch_draws_its_own(ge, dec, tiny_lm: str, story_files: dict, monkeypatch) -> None:
+    """Under --seed-scope batch (default) a batch samples the same tokens whatever earlier batches
+    drew -- here each batch is followed by extra draws, as a KID batch of another length would
+    consume; under --seed-scope run the shared stream moves and later batches change."""
+    import torch
+
+    model, tok, _ = ge.load_lm(tiny_lm)
+    prompts = ge.build_prompts(ge.read_lines(story_files["src"]), tok, "continuation")
+    method, cfg, stop = dec.Method.parse("sample"), dec.DecodeConfig(max_new_tokens=8), dec.sentence_end_ids(tok)
+
+    def run(scope: str) -> list:
+        return dec.run_method(model, tok, prompts, [None] * len(prompts), method, cfg, None, stop, 1, 1, scope)[0]
+
+    ref = {scope: run(scope) for scope in dec.SEED_SCOPES}
+    original = dec.generate_batch
+
+    def then_more_draws(*args, **kwargs):
+        out = original(*args, **kwargs)
+        torch.rand(1000)
+        return out
+
+    monkeypatch.setattr(dec, "generate_batch", then_more_draws)
+    assert run("batch") == ref["batch"]
+    moved = run("run")
+    assert moved[0] == ref["run"][0] and moved[1:] != ref["run"][1:]
+    assert len({dec.batch_seed(s, b) for s in (1, 2) for b in (0, 1, 2, 1_000_002)}) == 8
+    with pytest.raises(ValueError, match="seed_scope"):
+        dec.run_method(model, tok, prompts, [None] * len(prompts), method, cfg, None, stop, 1, 1, "example")

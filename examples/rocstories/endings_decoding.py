@@ -245,6 +245,19 @@ def generate_batch(
     return [first_sentence(t) for t in texts], n_tokens
 
 
+SEED_SCOPES = ("batch", "run")
+SEED_SCOPE_HELP = ("batch: torch is seeded again before every batch (from --seed and the batch's first example), so "
+                   "a batch's draws do not depend on what earlier batches drew and paired runs differ only where "
+                   "KID acted; run: seeded once per method (the sweeps of RESULTS.md before 2026-12-07)")
+
+
+def batch_seed(seed: int, first_example: int) -> int:
+    """The torch seed of the batch that starts at example ``first_example`` in a run seeded
+    ``seed``: distinct for every (seed, batch start) pair with fewer than 1,000,003 examples, so
+    neither two batches of one run nor the same batch under two seeds share a stream."""
+    return seed * 1_000_003 + first_example
+
+
 def run_method(
     model: Any,
     tokenizer: Any,
@@ -256,15 +269,27 @@ def run_method(
     stop_ids: Sequence[int],
     batch_size: int,
     seed: int,
+    seed_scope: str = "batch",
 ) -> Tuple[List[str], dict]:
-    """All endings of one method (seeded at its start) and its timing / size statistics."""
-    torch.manual_seed(seed)
+    """All endings of one method and its timing / size statistics.
+
+    ``seed_scope``: ``"batch"`` seeds torch before every batch with :func:`batch_seed`, so a
+    batch's draws do not depend on what earlier batches drew (two runs that differ only in
+    some batches -- KID acting on a few examples -- sample the others identically); ``"run"``
+    seeds once at the start (earlier sweeps; a change of length in one batch then redraws
+    every later batch)."""
+    if seed_scope not in SEED_SCOPES:
+        raise ValueError(f"seed_scope must be one of {SEED_SCOPES}, got {seed_scope!r}")
+    if seed_scope == "run":
+        torch.manual_seed(seed)
     hyps: List[str] = []
     tokens = 0
     activity: dict = {}
     t0 = time.time()
     for start in tqdm(range(0, len(prompts), batch_size), desc=method.name, unit="batch"):
         end = start + batch_size
+        if seed_scope == "batch":
+            torch.manual_seed(batch_seed(seed, start))
         out, n = generate_batch(model, tokenizer, prompts[start:end], tries[start:end], method, cfg, mapper, stop_ids,
                                 activity if method.knowledge != "none" else None)
         hyps.extend(out)

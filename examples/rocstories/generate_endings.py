@@ -55,7 +55,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # endings_decoding, also when loaded by path
-from endings_decoding import DecodeConfig, Method, run_method, sentence_end_ids  # noqa: E402
+from endings_decoding import (SEED_SCOPE_HELP, SEED_SCOPES, DecodeConfig, Method, run_method,  # noqa: E402
+                              sentence_end_ids)
 
 from informative_dialogue.kid.options import add_kid_arguments, options_from_args  # noqa: E402
 
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="chat prompt: text before the story")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed-scope", choices=SEED_SCOPES, default="batch", help=SEED_SCOPE_HELP)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--min-new-tokens", type=int, default=2, help="no stop token before this many new tokens")
@@ -236,7 +238,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     report: dict = {"args": vars(args), "model": info, "stories": len(contexts), "stop_tokens": len(stop_ids), "methods": {}}
     for method in methods:
-        hyps, stats = run_method(model, tokenizer, prompts, tries, method, cfg, mapper, stop_ids, args.batch_size, args.seed)
+        hyps, stats = run_method(model, tokenizer, prompts, tries, method, cfg, mapper, stop_ids, args.batch_size, args.seed,
+                                  args.seed_scope)
         path = os.path.join(args.output_dir, f"{method.name}.hyp")
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(h + "\n" for h in hyps)

@@ -14,6 +14,7 @@ DATA="${DATA:-$WORK/data}"                  # prepare.sh output
 SPLIT="${SPLIT:-val}"                        # val has the right endings (test has none: no scores)
 N_EXAMPLES="${N_EXAMPLES:-100}"              # first N stories (times: RESULTS.md)
 SEED="${SEED:-1}"
+SEED_SCOPE="${SEED_SCOPE:-batch}"   # batch: torch reseeded before every batch | run: once per method (tables before 2026-12-07)
 COLLECTION="${COLLECTION:-$SHARED_DATA/wiki_summaries/summaries_en.json.gz}"
 RETRIEVER="${RETRIEVER:-dense}"              # dense (MiniLM bi-encoder + faiss), sparse (BM25) or random
 TOP_K="${TOP_K:-5}"                          # passages per story
@@ -51,7 +52,7 @@ knowledge_done=$(date +%s)
 # 2. generation, every method
 # shellcheck disable=SC2086  # KID_ARGS and the optional flags are word lists
 $NICE python3 "$HERE/generate_endings.py" --source "$KID_DIR/src" --tries "$KID_DIR/trie.jsonl" \
-  --output-dir "$OUT_DIR" --methods "$(echo $METHODS | tr ' ' ',')" --seed "$SEED" --threads "$THREADS" \
+  --output-dir "$OUT_DIR" --methods "$(echo $METHODS | tr ' ' ',')" --seed "$SEED" --seed-scope "$SEED_SCOPE" --threads "$THREADS" \
   --prompt "$PROMPT" --batch-size "$BATCH_SIZE" --num-beams "$NUM_BEAMS" --top-p "$TOP_P" \
   --max-new-tokens "$MAX_NEW_TOKENS" ${MODEL:+--model "$MODEL"} ${GGUF_FILE:+--gguf-file "$GGUF_FILE"} $KID_ARGS
 generation_done=$(date +%s)

@@ -38,7 +38,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from endings_decoding import DecodeConfig, Method, run_method, sentence_end_ids  # noqa: E402
+from endings_decoding import (SEED_SCOPE_HELP, SEED_SCOPES, DecodeConfig, Method, run_method,  # noqa: E402
+                              sentence_end_ids)
 from generate_endings import DEFAULT_INSTRUCTION, build_prompts, load_lm, load_tries, read_lines  # noqa: E402
 
 from informative_dialogue.kid.options import KIDOptions, add_kid_arguments, options_from_args  # noqa: E402
@@ -127,14 +128,18 @@ def baselines(runs: Sequence[Run]) -> Dict[str, Optional[str]]:
     return out
 
 
-def same_settings(stored: Optional[dict], settings: dict) -> bool:
+def same_settings(stored: Optional[dict], settings: dict, legacy: Optional[dict] = None) -> bool:
     """Whether a run recorded in ``sweep.json`` (``stored``) had ``settings``; a decoding setting
     or KID option that the record lacks (added to the code after it was written) counts as its
-    default, so older sweeps resume."""
+    default, and a top-level key it lacks as its ``legacy`` value (records written before
+    the sampling seed was part of a run's settings: ``seed`` = the sweep's, ``seed_scope`` =
+    ``"run"``), so older sweeps resume."""
     if not stored:
         return False
     want = json.loads(json.dumps(settings))
     got = json.loads(json.dumps(stored))
+    for key, value in (legacy or {}).items():
+        got.setdefault(key, value)
     defaults = json.loads(json.dumps(dataclasses.asdict(DecodeConfig())))
     decode = got.setdefault("decode", {})
     for key, value in defaults.items():
@@ -170,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="chat prompt: text before each source line")
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed-scope", choices=SEED_SCOPES, default="batch", help=SEED_SCOPE_HELP)
     p.add_argument("--threads", type=int, default=1)
     kid = p.add_argument_group("KID defaults of every run (informative_dialogue/kid/options.py)")
     add_kid_arguments(kid)
@@ -217,22 +223,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if any(r.prompt_knowledge for r in runs):
         with_knowledge = build_prompts(knowledge_prompts(prompts_text, knowledge, args.prompt),
                                        tokenizer, args.prompt, args.instruction)
+    legacy = {"seed": sweep.get("seed", args.seed), "seed_scope": "run", "batch_size": args.batch_size}
     sweep.update({"source": os.path.abspath(args.source), "examples": len(prompts), "seed": args.seed,
                   "prompt": args.prompt, "model": info})
     for run in runs:
         cfg = configs[run.name]
-        settings = {"method": run.method.name, "decode": dataclasses.asdict(cfg)}
+        settings = {"method": run.method.name, "decode": dataclasses.asdict(cfg), "seed": args.seed,
+                    "seed_scope": args.seed_scope, "batch_size": args.batch_size}
         if run.prompt_knowledge:
             settings["prompt_knowledge"] = os.path.abspath(args.knowledge)
         hyp_file = f"{run.name}.hyp"
         done = sweep["runs"].get(run.name)
-        if done and same_settings(done.get("settings"), settings) \
+        if done and same_settings(done.get("settings"), settings, legacy) \
                 and os.path.exists(os.path.join(args.output_dir, hyp_file)):
             logger.info("%s: already done, skipped", run.name)
             continue
         hyps, stats = run_method(model, tokenizer, with_knowledge if run.prompt_knowledge else prompts, tries,
                                  run.method, cfg, mapper, stop_ids,
-                                 args.batch_size, args.seed)
+                                 args.batch_size, args.seed, args.seed_scope)
         with open(os.path.join(args.output_dir, hyp_file), "w", encoding="utf-8") as f:
             f.writelines(h + "\n" for h in hyps)
         sweep["runs"][run.name] = {"hyp": hyp_file, "baseline": base_of[run.name], "settings": settings, "stats": stats}
