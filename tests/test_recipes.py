@@ -69,3 +69,18 @@ def test_compact_configuration_and_early_stopping_reach_fairseq_train(tmp_path: 
                          capture_output=True, text=True, check=True).stdout.strip()
     assert dim == flag(args, "--encoder-embed-dim")
     assert "--patience" not in stand_in_train(tmp_path, CONFIG="small")
+
+
+def test_subword_format_of_each_tokenizer_and_an_unknown_one_is_an_error(tmp_path: Path) -> None:
+    def sub(tokenizer: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f'source "{REPO_ROOT}/examples/common/env.sh"; subword_format {tokenizer}'],
+                              capture_output=True, text=True)
+
+    assert [sub(t).stdout.strip() for t in ("bert", "spm")] == ["wordpiece", "sentencepiece"]
+    bad = sub("xx")
+    assert bad.returncode != 0 and "unknown TOKENIZER 'xx' (bert or spm)" in bad.stderr
+    # the DailyDialog KI recipes stop on it before doing anything
+    for recipe in ("train_ki.sh", "train_ki_nd.sh"):
+        proc = subprocess.run(["bash", str(RECIPES / recipe)], capture_output=True, text=True,
+                              env=dict(os.environ, TOKENIZER="xx", WORK=str(tmp_path)))
+        assert proc.returncode != 0 and "unknown TOKENIZER 'xx'" in proc.stderr, recipe

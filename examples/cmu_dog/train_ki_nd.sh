@@ -3,8 +3,8 @@
 # (--criterion ki_negative_distillation): KI inputs (knowledge base -> retriever -> index ->
 # mined alignments of the WordPiece sources) and the negative teacher (source entropy -> D_N ->
 # teacher), then the composed student -> plain decoding -> metrics with knowledge F1 against the
-# document section the speaker saw. Stages and every option: examples/dailydialog/train_ki_nd.sh
-# (dataset-agnostic apart from its defaults). Run prepare.sh first, then
+# document section the speaker saw. Stages and every option: examples/common/train_ki_nd.sh.
+# Run prepare.sh first, then
 #   bash examples/cmu_dog/train_ki_nd.sh [extra fairseq-train flags]
 # Decode it with KID as any plain model: CHECKPOINT=$WORK/checkpoints/ki_nd_$CONFIG/checkpoint_best.pt
 #   bash examples/cmu_dog/generate_kid.sh
@@ -18,4 +18,4 @@ SEED="${SEED:-1}"
 KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/test.knowledge}"   # grounding text, one line per test example
 # -------------------------------------------------------------------------------------------
 export WORK SUBWORD_FORMAT CONFIG MAX_EPOCH TEACHER_EPOCH SEED KNOWLEDGE
-exec bash "$(dirname "$0")/../dailydialog/train_ki_nd.sh" "$@"
+exec bash "$(dirname "$0")/../common/train_ki_nd.sh" "$@"

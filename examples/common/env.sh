@@ -27,6 +27,16 @@ transformer_args() {
   esac
 }
 
+# subword_format TOKENIZER -> how KI mining groups the subword tokens of prepare.sh's TOKENIZER
+# (bert: WordPiece, spm: SentencePiece) into words (ki-mine --subword-format).
+subword_format() {
+  case "$1" in
+    bert) echo wordpiece ;;
+    spm)  echo sentencepiece ;;
+    *) echo "unknown TOKENIZER '$1' (bert or spm)" >&2; return 1 ;;
+  esac
+}
+
 # encoder_dim CONFIG -> the encoder width of that model size (the KI criterion's --ki-encoder-dim).
 encoder_dim() {
   case "$1" in
@@ -62,4 +72,20 @@ binarise_split() {
     mv "$f" "$data_bin/$name.${f##*/test.}"
   done
   rm -rf "$tmp"
+}
+
+# decode_and_score CHECKPOINT [KNOWLEDGE]: the train recipes' generate and evaluate stages, each
+# when STAGES names it: greedy and beam 5 (length penalty LENPEN, default 1.0) on the test set of
+# DATA_BIN, then test PPL + dialog-metrics (KNOWLEDGE = grounding text per test example for
+# knowledge F1; empty = none). Expects WORK and DATA_BIN.
+decode_and_score() {
+  local checkpoint="$1" knowledge="${2:-}"
+  if has_stage generate; then
+    WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$checkpoint" LENPEN="${LENPEN:-1.0}" \
+      bash "$ROOT/examples/common/generate.sh"
+  fi
+  if has_stage evaluate; then
+    WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$checkpoint" KNOWLEDGE="$knowledge" \
+      bash "$ROOT/examples/common/evaluate.sh"
+  fi
 }

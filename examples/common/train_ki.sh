@@ -131,11 +131,4 @@ if has_stage train; then
 fi
 
 # decoding and PPL read the plain binarised data: a KI model needs no knowledge at inference
-if has_stage generate; then
-  WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$SAVE_DIR/checkpoint_best.pt" LENPEN="$LENPEN" \
-    bash "$ROOT/examples/common/generate.sh"
-fi
-if has_stage evaluate; then
-  WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$SAVE_DIR/checkpoint_best.pt" KNOWLEDGE="$KNOWLEDGE" \
-    bash "$ROOT/examples/common/evaluate.sh"
-fi
+decode_and_score "$SAVE_DIR/checkpoint_best.pt" "$KNOWLEDGE"

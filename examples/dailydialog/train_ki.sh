@@ -7,14 +7,11 @@
 # e.g. STAGES="mine binarise train generate evaluate" (knowledge base, retriever and index built)
 #      ABLATION=random STAGES="ablate binarise train generate evaluate"        (Table 5)
 #      MINE_ARGS="--no-exact-match" ALIGN_DIR=work/dailydialog/ki/align_noexact ... (Table 9)
+source "$(dirname "$0")/../common/env.sh"
 # --- paths and options (override by environment) -------------------------------------------
 WORK="${WORK:-$(cd "$(dirname "$0")/../.." && pwd)/work/dailydialog}"   # prepare.sh's output
 TOKENIZER="${TOKENIZER:-bert}"             # as given to prepare.sh: bert (WordPiece) or spm
-case "$TOKENIZER" in                       # how mining groups subword tokens into words
-  bert) SUBWORD_FORMAT="${SUBWORD_FORMAT:-wordpiece}" ;;
-  spm)  SUBWORD_FORMAT="${SUBWORD_FORMAT:-sentencepiece}" ;;
-  *) echo "unknown TOKENIZER '$TOKENIZER' (bert or spm)" >&2; exit 1 ;;
-esac
+SUBWORD_FORMAT="${SUBWORD_FORMAT:-$(subword_format "$TOKENIZER")}"   # how mining groups subword tokens into words
 CONFIG="${CONFIG:-small}"                  # paper | small | compact | tiny; small = the baseline of RESULTS.md
 MAX_EPOCH="${MAX_EPOCH:-2}"                # the baseline's budget
 SEED="${SEED:-1}"

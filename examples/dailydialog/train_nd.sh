@@ -80,12 +80,5 @@ models=()
 { has_stage student || [ -f "$STUDENT_DIR/checkpoint_best.pt" ]; } && models+=("$STUDENT_DIR")
 has_stage bottom && models+=("$TEACHER_DIR" "$BOTTOM_DIR")
 for model_dir in "${models[@]}"; do
-  if has_stage generate; then
-    WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$model_dir/checkpoint_best.pt" LENPEN="$LENPEN" \
-      bash "$ROOT/examples/common/generate.sh"
-  fi
-  if has_stage evaluate; then
-    WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$model_dir/checkpoint_best.pt" \
-      bash "$ROOT/examples/common/evaluate.sh"
-  fi
+  decode_and_score "$model_dir/checkpoint_best.pt" "${KNOWLEDGE:-}"
 done

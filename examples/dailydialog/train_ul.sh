@@ -40,10 +40,4 @@ if has_stage train; then
     --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler \
     --best-checkpoint-metric nll_loss "$@"
 fi
-if has_stage generate; then
-  WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$SAVE_DIR/checkpoint_best.pt" LENPEN="$LENPEN" \
-    bash "$ROOT/examples/common/generate.sh"
-fi
-if has_stage evaluate; then
-  WORK="$WORK" DATA_BIN="$DATA_BIN" CHECKPOINT="$SAVE_DIR/checkpoint_best.pt" bash "$ROOT/examples/common/evaluate.sh"
-fi
+decode_and_score "$SAVE_DIR/checkpoint_best.pt" "${KNOWLEDGE:-}"
