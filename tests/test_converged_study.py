@@ -16,7 +16,7 @@ def study(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in (
         "STAGES", "CONFIG", "SEED", "ND_GAMMA", "PATIENCE", "MAX_EPOCH", "LR", "THREADS", "DRY_RUN")}
     return subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True,
-                          env=dict(clean, WORK=str(tmp_path), **env))
+                          env=dict(clean, WORK=str(tmp_path), KI_HOME=str(tmp_path / "ki_home"), **env))
 
 
 def commands(proc: subprocess.CompletedProcess) -> list[str]:
@@ -57,3 +57,22 @@ def test_nd_gamma_is_half_the_baseline_updates_at_its_best_epoch(tmp_path: Path)
     (tmp_path / "data-bin" / "dict.src.txt").write_text("a 1\n")
     proc = study(tmp_path, STAGES="nd")
     assert proc.returncode != 0 and "the baseline has not finished training" in proc.stderr
+
+
+def test_finished_parts_are_not_redone(tmp_path: Path) -> None:
+    """A finished run is decoded but not trained again; the KI inputs resume at the first
+    missing output; the teacher stage skips entropy and binarise when D_N is binarised."""
+    ck = tmp_path / "checkpoints"
+    for d in ("transformer_compact_seed1", "ki_compact_seed1", "nd_teacher_compact_seed1"):
+        (ck / d).mkdir(parents=True)
+        (ck / d / "train.log").write_text(valid(1, 8.0, 7.0, 10) + "x | done training in 9.0 seconds\n")
+    for f in ("ki_home/kb/items.tsv", "ki_home/retriever/config.json", "entropy/negative/data-bin/dict.src.txt"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x")
+    cmds = commands(study(tmp_path, DRY_RUN="1", STAGES="baseline teacher ki_inputs ki"))
+    assert not any("train_transformer.sh" in c for c in cmds)  # baseline: decode and score only
+    assert cmds[0].endswith("generate.sh") and cmds[1].endswith("evaluate.sh")
+    assert not any("train_nd.sh" in c for c in cmds)  # D_N binarised and the teacher finished
+    assert "STAGES=index mine binarise" in cmds[2]
+    assert "STAGES=generate evaluate" in cmds[3] and cmds[3].endswith("train_ki.sh")
+    assert len(cmds) == 4

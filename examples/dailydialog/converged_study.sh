@@ -6,14 +6,14 @@
 # against the baseline (analysis/method_comparison.py).
 #   bash examples/dailydialog/converged_study.sh                       # every stage, SEED=1
 #   SEED=2 STAGES="baseline ki nd ki_nd report" bash examples/dailydialog/converged_study.sh
-#   DRY_RUN=1 bash examples/dailydialog/converged_study.sh             # print the commands only
+#   DRY_RUN=1 bash examples/dailydialog/converged_study.sh             # print what would run, run nothing
 # Stages (STAGES, run in this order whatever order they are named in):
 #   baseline   train_transformer.sh (label-smoothed cross-entropy)
 #   teacher    train_nd.sh's entropy, binarise (if D_N is not binarised yet) and teacher stages:
 #              the negative teacher on the top-entropy half, seed TEACHER_SEED (one teacher for
 #              every student seed), early stopping on its validation loss
-#   ki_inputs  train_ki.sh's kb retriever index mine binarise (if the alignments are missing):
-#              knowledge base, retriever, index, mined alignments (about 30 min on 2 cores)
+#   ki_inputs  train_ki.sh's kb retriever index mine binarise, from the first whose output is
+#              missing: knowledge base, retriever, index, mined alignments (about 30 min on 2 cores)
 #   ki         train_ki.sh's train stage (KI, lambda KI_LAMBDA)
 #   nd         train_nd.sh's student stage, alpha's peak at ND_GAMMA updates
 #   ki_nd      train_ki_nd.sh's train stage (--criterion ki_negative_distillation)
@@ -45,13 +45,15 @@ TEACHER_DIR="${TEACHER_DIR:-$CKPTS/nd_teacher_${CONFIG}_seed$TEACHER_SEED}"
 KI_DIR="${KI_DIR:-$CKPTS/ki_${CONFIG}_seed$SEED}"
 ND_DIR="${ND_DIR:-$CKPTS/nd_student_${CONFIG}_seed$SEED}"
 KI_ND_DIR="${KI_ND_DIR:-$CKPTS/ki_nd_${CONFIG}_seed$SEED}"
+KI_HOME="${KI_HOME:-$ROOT/work/ki}"             # knowledge base, retriever, index (shared by datasets)
+ALIGN_DIR="${ALIGN_DIR:-$WORK/ki/align}"
 KI_BIN="${KI_BIN:-$WORK/ki/data-bin}"
 REPORT="${REPORT:-$CKPTS/converged_${CONFIG}_seed$SEED.md}"
 STAGES="${STAGES:-baseline teacher ki_inputs ki nd ki_nd report}"
 DRY_RUN="${DRY_RUN:-}"
 # -------------------------------------------------------------------------------------------
 
-export WORK CONFIG LR PATIENCE MAX_EPOCH KI_BIN
+export WORK CONFIG LR PATIENCE MAX_EPOCH KI_HOME ALIGN_DIR KI_BIN
 [ -n "$THREADS" ] && export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 RECIPES="$ROOT/examples/dailydialog"
 [ -n "$DRY_RUN" ] || [ -f "$WORK/data-bin/dict.src.txt" ] || {
@@ -61,16 +63,14 @@ run() {  # the command, printed; run unless DRY_RUN
   echo "+ $*"
   [ -n "$DRY_RUN" ] || "$@"
 }
-# finished DIR: whether DIR/train.log says the run finished; trained DIR: the same, but never
-# under DRY_RUN (which prints every command)
+# finished DIR: whether DIR/train.log says the run finished
 finished() { grep -q "done training in" "$1/train.log" 2>/dev/null; }
-trained() { [ -z "$DRY_RUN" ] && finished "$1"; }
 # model_stages DIR TRAIN_STAGE: a recipe's stages for one model: TRAIN_STAGE unless DIR's run
 # finished, then generate and evaluate
-model_stages() { if trained "$1"; then echo "generate evaluate"; else echo "$2 generate evaluate"; fi; }
+model_stages() { if finished "$1"; then echo "generate evaluate"; else echo "$2 generate evaluate"; fi; }
 
 if has_stage baseline; then
-  if ! trained "$BASE_DIR"; then
+  if ! finished "$BASE_DIR"; then
     run env SEED="$SEED" SAVE_DIR="$BASE_DIR" bash "$RECIPES/train_transformer.sh" --best-checkpoint-metric nll_loss
   fi
   for script in generate evaluate; do
@@ -80,8 +80,8 @@ fi
 
 if has_stage teacher; then
   nd_stages=""
-  [ -z "$DRY_RUN" ] && [ -f "$WORK/entropy/negative/data-bin/dict.src.txt" ] || nd_stages="entropy binarise"
-  trained "$TEACHER_DIR" || nd_stages="$nd_stages teacher"
+  [ -f "$WORK/entropy/negative/data-bin/dict.src.txt" ] || nd_stages="entropy binarise"
+  finished "$TEACHER_DIR" || nd_stages="$nd_stages teacher"
   if [ -n "$nd_stages" ]; then
     run env STAGES="$nd_stages" RATIO="$RATIO" TIE_BREAK="$TIE_BREAK" SEED="$TEACHER_SEED" \
       TEACHER_EPOCH="$MAX_EPOCH" TEACHER_DIR="$TEACHER_DIR" bash "$RECIPES/train_nd.sh"
@@ -89,9 +89,16 @@ if has_stage teacher; then
 fi
 
 if has_stage ki_inputs; then
-  if [ -n "$DRY_RUN" ] || [ ! -f "$KI_BIN/train.align.ids.npy" ] || [ ! -f "$KI_BIN/valid.align.ids.npy" ]; then
-    run env STAGES="kb retriever index mine binarise" bash "$RECIPES/train_ki.sh"
-  fi
+  # from the first stage whose output is missing on (later stages depend on earlier ones)
+  ki_stages="" redo=""
+  for pair in "kb:$KI_HOME/kb/items.tsv" "retriever:$KI_HOME/retriever/config.json" \
+      "index:$KI_HOME/index/meta.json" "mine:$ALIGN_DIR/train.align" "mine:$ALIGN_DIR/valid.align" \
+      "mine:$ALIGN_DIR/test.align" "binarise:$KI_BIN/train.align.ids.npy" "binarise:$KI_BIN/valid.align.ids.npy"; do
+    [ -n "$redo" ] || [ ! -f "${pair#*:}" ] && redo=1
+    [ -n "$redo" ] && [[ " $ki_stages " != *" ${pair%%:*} "* ]] && ki_stages="$ki_stages ${pair%%:*}"
+  done
+  [ -n "$ki_stages" ] && run env STAGES="${ki_stages# }" KI_HOME="$KI_HOME" ALIGN_DIR="$ALIGN_DIR" \
+    bash "$RECIPES/train_ki.sh"
 fi
 
 if has_stage ki; then
