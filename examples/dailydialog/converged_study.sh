@@ -83,7 +83,7 @@ if has_stage teacher; then
   [ -f "$WORK/entropy/negative/data-bin/dict.src.txt" ] || nd_stages="entropy binarise"
   finished "$TEACHER_DIR" || nd_stages="$nd_stages teacher"
   if [ -n "$nd_stages" ]; then
-    run env STAGES="$nd_stages" RATIO="$RATIO" TIE_BREAK="$TIE_BREAK" SEED="$TEACHER_SEED" \
+    run env STAGES="${nd_stages# }" RATIO="$RATIO" TIE_BREAK="$TIE_BREAK" SEED="$TEACHER_SEED" \
       TEACHER_EPOCH="$MAX_EPOCH" TEACHER_DIR="$TEACHER_DIR" bash "$RECIPES/train_nd.sh"
   fi
 fi
