@@ -184,6 +184,10 @@ def test_random_retriever_seeded(tmp_path: Path, monkeypatch) -> None:
     other = retrieve(queries, COLLECTION, RandomRetriever(len(COLLECTION), seed=8), k=3)
     assert one == two and one != other
     assert all(len({pid for pid, _ in hits}) == 3 for hits in one)
+    # a chunk that starts at query 2 draws what queries 2.. draw in one call, empty contexts skipped
+    rnd = RandomRetriever(len(COLLECTION), seed=7)
+    assert retrieve(["c", "", "d"], COLLECTION, rnd, k=3, first_row=2) == [one[2], [], one[3]]
+    assert all((a == b).all() for a, b in zip(rnd.rows(2, 3, first_row=2), (x[2:] for x in rnd.search(queries, 3))))
     # the CLI writes the same ids
     src = tmp_path / "x.src"
     src.write_text("".join(q + "\n" for q in queries), encoding="utf-8")

@@ -96,17 +96,6 @@ class Retriever(Protocol):
 # driver
 
 
-def random_rows(retriever: RandomRetriever, n_queries: int, k: int, first_row: int) -> tuple[np.ndarray, np.ndarray]:
-    """``RandomRetriever.search`` for rows ``first_row .. first_row + n_queries - 1`` of one
-    long call (row ``r`` seeded by ``(seed, r)``), so that chunks and shards draw what the
-    whole input draws."""
-    k_eff = min(k, retriever.n)
-    idx = np.full((n_queries, k), -1, dtype=np.int64)
-    for r in range(n_queries):
-        idx[r, :k_eff] = np.random.default_rng((retriever.seed, first_row + r)).choice(retriever.n, size=k_eff, replace=False)
-    return np.zeros((n_queries, k), dtype=np.float32), idx
-
-
 def retrieve(
     contexts: Sequence[str],
     passages: Sequence[Passage],
@@ -122,7 +111,7 @@ def retrieve(
     if not live or k < 1:
         return results
     if isinstance(retriever, RandomRetriever):
-        scores, idx = random_rows(retriever, len(live), k, first_row)
+        scores, idx = retriever.rows(len(live), k, first_row)
     else:
         scores, idx = retriever.search([contexts[i] for i in live], k)
     for row, i in enumerate(live):

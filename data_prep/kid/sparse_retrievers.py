@@ -108,8 +108,15 @@ class RandomRetriever:
         self.seed = seed
 
     def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, k) zero scores and passage indices (-1 beyond the collection's size)."""
+        return self.rows(len(queries), k)
+
+    def rows(self, n_queries: int, k: int, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`search` returns for queries ``first_row .. first_row + n_queries - 1`` of
+        one long call (query ``r`` seeded by ``(seed, r)``), so that chunks and shards of an
+        input draw what the whole input draws."""
         k_eff = min(k, self.n)
-        idx = np.full((len(queries), k), -1, dtype=np.int64)
-        for r in range(len(queries)):
-            idx[r, :k_eff] = np.random.default_rng((self.seed, r)).choice(self.n, size=k_eff, replace=False)
-        return np.zeros((len(queries), k), dtype=np.float32), idx
+        idx = np.full((n_queries, k), -1, dtype=np.int64)
+        for r in range(n_queries):
+            idx[r, :k_eff] = np.random.default_rng((self.seed, first_row + r)).choice(self.n, size=k_eff, replace=False)
+        return np.zeros((n_queries, k), dtype=np.float32), idx
