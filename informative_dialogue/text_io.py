@@ -29,6 +29,7 @@ Writing (:class:`OutputSet`, :func:`staged_directory`, :func:`write_text_atomic`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -290,3 +291,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> 
         with open(out.path(path), "w", encoding="utf-8") as f:
             json.dump(obj, f, **kwargs)
             f.write("\n")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (read ``chunk`` bytes at a time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

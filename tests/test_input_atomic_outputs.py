@@ -14,7 +14,7 @@ import pytest
 from data_prep.corpora import rocstories, wow
 from data_prep.ki import knowledge_base, merge
 from data_prep.ki.alignment_ablations import main as transform_main
-from data_prep.ki.index import file_sha256
+from informative_dialogue.text_io import file_sha256
 from data_prep.ki.shards import COUNT_KEYS, shard_paths
 from data_prep.nd import source_entropy
 from informative_dialogue.errors import CorpusError

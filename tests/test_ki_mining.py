@@ -18,7 +18,8 @@ from data_prep.ki.merge import diversity_stats, main as merge_main, merge_shards
 from data_prep.ki.miner import LineCache, Miner, MiningOptions, faiss_search_fn, mine_chunk
 from data_prep.ki.matching import build_title_matcher, exact_match_ids, normalize_phrase
 from data_prep.ki.mine import mine_shard
-from data_prep.ki.shards import new_counts, shard_paths, shard_range, summarize
+from data_prep.ki.shards import new_counts, shard_paths, summarize
+from data_prep.shards import shard_range
 
 DIM = 10
 # item id -> title (all "wikipedia" in the fake title index below)

@@ -1,5 +1,5 @@
 """Sharded and resumable ``kid-retrieve`` / ``kid-build-trie`` and ``kid-merge-shards``
-(data_prep.kid.shards): shards merged == the unsharded output byte for byte (and the stats),
+(data_prep.shards): shards merged == the unsharded output byte for byte (and the stats),
 resume after a simulated kill without recomputing finished lines, finished shards skipped,
 mismatched resumes and bad shard flags refused, merge checks."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from informative_dialogue.kid.trie_files import save_jsonl
 from data_prep.kid import build_trie, retrieve
 from data_prep.kid.collection import Passage, index_by_id
 from data_prep.kid.merge import main as merge_main
-from data_prep.kid.shards import merge_counts, shard_files
+from data_prep.shards import merge_counts, shard_files
 from data_prep.kid.sparse_retrievers import BM25Retriever, RandomRetriever
 from data_prep.kid.triples_cache import append_triples_cache, load_triples_cache
 

@@ -31,6 +31,7 @@ import logging
 import os
 
 from data_prep.ki.faiss_index import use_gpu
+from informative_dialogue.text_io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +42,6 @@ META_FILE = "meta.json"
 
 
 # --------------------------------------------------------------------------- fingerprints
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def kb_fingerprint(kb_dir: str | os.PathLike) -> dict:
     """Path, size, mtime and sha256 of ``kb_dir/items.tsv`` (the hash decides matches; the
     mtime is informative only, copies change it)."""

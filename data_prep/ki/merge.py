@@ -34,7 +34,7 @@ from tqdm import tqdm
 from informative_dialogue.ki.alignment_text import parse_alignment_line, read_text_lines
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import setup_logging, console_script
-from informative_dialogue.text_io import OutputSet
+from informative_dialogue.text_io import OutputSet, file_sha256
 from data_prep.ki.shards import COUNT_KEYS, shard_paths, strip_prefix, summarize
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,6 @@ def merge_shards(output: str, num_shards: int, source: str | None = None, progre
     recorded = states[0]["source"]
     if states[-1]["end_line"] != recorded["lines"]:
         raise ValueError(f"shards cover {states[-1]['end_line']} lines but the source {recorded['path']} has {recorded['lines']}")
-    from data_prep.ki.index import file_sha256
-
     source = source or recorded["path"]
     if not os.path.exists(source):
         raise FileNotFoundError(f"{source}: source file not found (pass --source)")

@@ -33,8 +33,9 @@ Rules (documented choices):
   tail written after the recorded byte offset, and refuses to resume when the source file,
   the index (its meta.json) or any option differs. Sharded output equals unsharded output
   exactly for a batch-independent encoder; with BERT, padding in differently composed batches
-  changes states by float rounding only. The shard bookkeeping lives in
-  :mod:`data_prep.ki.shards`.
+  changes states by float rounding only. The resumable shard loop is
+  :mod:`data_prep.shards`' (shared with ``kid-retrieve`` and ``kid-build-trie``); mining's
+  counts and file names are in :mod:`data_prep.ki.shards`.
 
 The word-level helpers of the first three rules (skip tokens, the stopword set, exact title
 matching) live in :mod:`data_prep.ki.matching`.
@@ -48,17 +49,14 @@ encoded bool (total_words,))`` and ``search_fn(queries float32 (n, d)) -> ids in
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from informative_dialogue.ki.alignment_text import SUBWORD_FORMATS, format_alignment_line, read_text_lines
-from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import setup_logging, console_script
 from data_prep.ki.matching import (
     DEFAULT_SKIP_TOKENS,
@@ -66,9 +64,8 @@ from data_prep.ki.matching import (
 from data_prep.ki.miner import (  # the engine this module drives
     LineCache, Miner, MiningOptions, faiss_search_fn, mine_chunk,
 )
-from data_prep.ki.shards import (
-    COUNT_KEYS, new_counts, record_mismatch, shard_paths, shard_range, source_fingerprint, summarize, write_json_atomic,
-)
+from data_prep.ki.shards import COUNT_KEYS, new_counts, shard_paths, summarize
+from data_prep.shards import run_shard, shard_range, source_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -96,112 +93,73 @@ def mine_shard(
     stop_after_chunks: int | None = None,
 ) -> dict:
     """Mine (or resume) one shard; returns the shard's stats (also written to its
-    ``.stats.json`` when complete). ``stop_after_chunks`` (tests) returns after that many
-    chunks without completing, as if killed."""
+    ``.stats.json`` when complete). The resumable chunk loop is
+    :func:`data_prep.shards.run_shard`'s (shared with ``kid-retrieve`` and
+    ``kid-build-trie``); on resume the dedup cache is rebuilt from the lines already written.
+    ``stop_after_chunks`` (tests) returns after that many chunks without completing, as if
+    killed."""
     source = os.fspath(source)
     options = miner.options
     lines = read_text_lines(source)
-    start, end = shard_range(len(lines), num_shards, shard_id)
+    start, _ = shard_range(len(lines), num_shards, shard_id)
     paths = shard_paths(output_prefix, num_shards, shard_id)
-    record = {
-        "format": 1,
-        "source": source_fingerprint(source, len(lines)),
-        "index": index_fingerprint,
-        "options": options.to_record(),
-        "num_shards": num_shards,
-        "shard_id": shard_id,
-        "start_line": start,
-        "end_line": end,
-    }
+    files = {"data": paths["align"], "progress": paths["progress"], "stats": paths["stats"]}
+    record = {"format": 1, "source": source_fingerprint(source, len(lines)), "index": index_fingerprint,
+              "options": options.to_record()}
     cache = LineCache(options.dedup_cache_size)
-    os.makedirs(os.path.dirname(os.path.abspath(paths["align"])), exist_ok=True)
-    if os.path.exists(paths["progress"]):
-        with open(paths["progress"], encoding="utf-8") as f:
-            state = json.load(f)
-        diffs = record_mismatch(state, record)
-        if diffs:
-            raise ValueError(
-                f"{paths['progress']}: cannot resume, the run differs from the recorded one: "
-                + "; ".join(diffs)
-                + f". Delete {paths['progress']} and {paths['align']} to start this shard over."
-            )
-        if not os.path.exists(paths["align"]) or os.path.getsize(paths["align"]) < state["byte_offset"]:
-            raise CorpusError(paths["align"], f"shorter than the {state['byte_offset']} bytes recorded in {paths['progress']}; delete both to start over")
-        with open(paths["align"], "r+b") as f:
-            f.truncate(state["byte_offset"])
-        if state.get("complete"):
-            logger.info("shard %d of %d already complete (%s)", shard_id, num_shards, paths["align"])
-            with open(paths["stats"], encoding="utf-8") as f:
-                return json.load(f)
-        done = state["lines_done"]
-        with open(paths["align"], encoding="utf-8") as f:
-            written = f.read().split("\n")[:-1] if state["byte_offset"] else []
-        if len(written) != done:
-            raise CorpusError(paths["align"], f"{len(written)} lines before byte {state['byte_offset']} but {paths['progress']} records {done}")
-        rows = [np.asarray([int(x) for x in w.split()], dtype=np.int64) for w in written]
-        replay_cache(lines[start : start + done], rows, cache, options.chunk_lines)
-        logger.info("resuming shard %d of %d at line %d of %d", shard_id, num_shards, start + done, end)
-    else:
-        if os.path.exists(paths["align"]):
-            logger.warning("%s exists without a progress file: overwriting it", paths["align"])
-        state = {**record, "lines_done": 0, "byte_offset": 0, "counts": new_counts(), "elapsed_s": 0.0, "complete": False}
-        open(paths["align"], "w").close()
-        write_json_atomic(paths["progress"], state)
-    base_counts = {k: state["counts"].get(k, 0) for k in COUNT_KEYS}
-    counts = dict(base_counts)
-    run_counts = new_counts()
-    miner.encode_s = miner.search_s = 0.0
-    t0 = time.perf_counter()
-    chunks_done = 0
-    with open(paths["align"], "ab") as out, tqdm(
-        total=end - start, initial=state["lines_done"], desc=f"mine shard {shard_id}/{num_shards}", unit="line", disable=not progress
-    ) as bar:
-        pos = start + state["lines_done"]
-        while pos < end:
-            if stop_after_chunks is not None and chunks_done >= stop_after_chunks:
-                logger.info("stopping after %d chunk(s) (test hook)", chunks_done)
-                return {"stopped_at_line": pos}
-            chunk = lines[pos : min(pos + options.chunk_lines, end)]
-            ids = mine_chunk(chunk, miner, cache, run_counts)
-            out.write("".join(format_alignment_line(r) + "\n" for r in ids).encode("utf-8"))
-            out.flush()
-            os.fsync(out.fileno())
-            pos += len(chunk)
-            chunks_done += 1
-            for k in COUNT_KEYS:
-                counts[k] = base_counts[k] + run_counts[k]
-            state.update(lines_done=pos - start, byte_offset=out.tell(), counts=counts, elapsed_s=state["elapsed_s"])
-            write_json_atomic(paths["progress"], {**state, "elapsed_s": state["elapsed_s"] + time.perf_counter() - t0})
-            bar.update(len(chunk))
-    elapsed = time.perf_counter() - t0
-    state.update(complete=True, elapsed_s=state["elapsed_s"] + elapsed)
-    stats = {
-        "shard_id": shard_id,
-        "num_shards": num_shards,
-        "lines": [start, end],
-        "counts": counts,
-        **summarize(counts),
-        "this_run": {
-            "lines": run_counts["lines"],
-            "tokens": run_counts["tokens"],
-            "seconds": round(elapsed, 3),
-            "tokens_per_s": run_counts["tokens"] / elapsed if elapsed > 0 else None,
-            "lines_per_s": run_counts["lines"] / elapsed if elapsed > 0 else None,
-            "encode_s": round(miner.encode_s, 3),
-            "search_s": round(miner.search_s, 3),
-            "other_s": round(elapsed - miner.encode_s - miner.search_s, 3),
-        },
-        "options": options.to_record(),
-    }
-    write_json_atomic(paths["stats"], stats)
-    write_json_atomic(paths["progress"], state)
-    logger.info(
-        "shard %d/%d: %d lines, %d tokens in %.1fs (%.0f tokens/s, %.1f lines/s; encode %.1fs, search %.1fs); "
-        "%.1f%% tokens with knowledge (%.1f%% of content tokens), dedup hit rate %.1f%%",
-        shard_id, num_shards, run_counts["lines"], run_counts["tokens"], elapsed,
-        run_counts["tokens"] / max(elapsed, 1e-9), run_counts["lines"] / max(elapsed, 1e-9), miner.encode_s, miner.search_s,
-        100 * stats["share_tokens_with_knowledge"], 100 * stats["share_content_tokens_with_knowledge"], 100 * stats["dedup_hit_rate"],
-    )
+    run_counts = new_counts()  # this process's counts (the progress file holds the shard's)
+    clock = {"t0": time.perf_counter()}
+
+    def prepare(lines_done: int) -> tuple[Callable[[int, int], tuple[list[str], dict]], dict]:
+        if lines_done:  # rebuild the dedup cache from the written lines
+            with open(files["data"], encoding="utf-8") as f:
+                written = f.read().split("\n")[:lines_done]
+            rows = [np.asarray([int(x) for x in w.split()], dtype=np.int64) for w in written]
+            replay_cache(lines[start : start + lines_done], rows, cache, options.chunk_lines)
+        miner.encode_s = miner.search_s = 0.0
+        clock["t0"] = time.perf_counter()
+
+        def process(a: int, b: int) -> tuple[list[str], dict]:
+            before = dict(run_counts)
+            ids = mine_chunk(lines[a:b], miner, cache, run_counts)
+            return [format_alignment_line(r) for r in ids], {k: run_counts[k] - before[k] for k in COUNT_KEYS}
+
+        return process, new_counts()
+
+    def shard_stats(shard_counts: dict, state: dict) -> dict:
+        counts = {k: shard_counts.get(k, 0) for k in COUNT_KEYS}
+        elapsed = time.perf_counter() - clock["t0"]
+        return {
+            "shard_id": shard_id,
+            "num_shards": num_shards,
+            "lines": [state["start_line"], state["end_line"]],
+            "counts": counts,
+            **summarize(counts),
+            "this_run": {
+                "lines": run_counts["lines"],
+                "tokens": run_counts["tokens"],
+                "seconds": round(elapsed, 3),
+                "tokens_per_s": run_counts["tokens"] / elapsed if elapsed > 0 else None,
+                "lines_per_s": run_counts["lines"] / elapsed if elapsed > 0 else None,
+                "encode_s": round(miner.encode_s, 3),
+                "search_s": round(miner.search_s, 3),
+                "other_s": round(elapsed - miner.encode_s - miner.search_s, 3),
+            },
+            "options": options.to_record(),
+        }
+
+    stats = run_shard(output_prefix, record, prepare, shard_stats, num_shards, shard_id, options.chunk_lines,
+                      stop_after_chunks=stop_after_chunks, files=files, desc=f"mine shard {shard_id}/{num_shards}",
+                      progress=progress)
+    if "stopped_at_line" not in stats and stats["this_run"]["lines"]:
+        run = stats["this_run"]
+        logger.info(
+            "shard %d/%d: %d lines, %d tokens in %.1fs (%.0f tokens/s, %.1f lines/s; encode %.1fs, search %.1fs); "
+            "%.1f%% tokens with knowledge (%.1f%% of content tokens), dedup hit rate %.1f%%",
+            shard_id, num_shards, run["lines"], run["tokens"], run["seconds"], run["tokens_per_s"] or 0.0,
+            run["lines_per_s"] or 0.0, run["encode_s"], run["search_s"], 100 * stats["share_tokens_with_knowledge"],
+            100 * stats["share_content_tokens_with_knowledge"], 100 * stats["dedup_hit_rate"],
+        )
     return stats
 
 

@@ -27,7 +27,7 @@ An example with no retrieved passage or no triple gets an empty trie (``"trie": 
 cases are counted in the stats. Sizes (keys, values, links, depths, bytes) are logged and
 written to ``--stats`` (default ``<output>.stats.json``).
 
-Sharding and resuming (:mod:`data_prep.kid.shards`, the conventions of ``ki-mine``):
+Sharding and resuming (:mod:`data_prep.shards`, the conventions of ``ki-mine``):
 ``--num-shards N --shard-id I`` builds the tries of the contiguous line range
 ``[n·I//N, n·(I+1)//N)`` of ``--retrieval`` into ``OUT.shard{I}of{N}.jsonl`` (``"id"`` = the
 example's line in the whole input) with ``OUT.shard{I}of{N}.progress.json`` rewritten after
@@ -61,10 +61,10 @@ from tqdm import tqdm
 from informative_dialogue import text_io
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import console_script, setup_logging
-from data_prep.ki.shards import source_fingerprint
 from data_prep.kid.collection import Passage, add_collection_arguments, collection_from_args, collection_key, index_by_id
 from data_prep.kid.retrieve import read_contexts
-from data_prep.kid.shards import add_shard_arguments, check_shard_flags, merge_shards, new_record, run_shard
+from data_prep.shards import (add_shard_arguments, check_shard_flags, merge_shards, new_record, run_shard,
+                               source_fingerprint)
 from data_prep.kid.triples import DEFAULT_SPACY_MODEL, Triple, load_spacy
 from data_prep.kid.triples_cache import load_triples_cache, parse_missing, passage_triples  # noqa: F401 (passage_triples: API)
 from informative_dialogue.stop_words import english_stop_words
@@ -210,7 +210,7 @@ def chunk_counts(
     retrieved: Sequence[Sequence[str]], tries: Sequence[Any], entities: Sequence[Optional[list[str]]],
     triples: Mapping[str, list[Triple]], lines: Sequence[str],
 ) -> dict:
-    """Counts of a chunk of examples (combined by :func:`data_prep.kid.shards.merge_counts`)."""
+    """Counts of a chunk of examples (combined by :func:`data_prep.shards.merge_counts`)."""
     per = [t.stats() for t in tries]
     return {
         "examples": len(tries),
@@ -289,7 +289,7 @@ def main(argv: Optional[list[str]] = None, nlp: Any = None, stop_after_chunks: O
     record = new_record("kid-build-trie", args.retrieval, len(retrieved), options,
                         collection={"path": os.path.abspath(args.collection), "passages": len(collection)})
 
-    def prepare() -> tuple[Any, dict]:
+    def prepare(lines_done: int) -> tuple[Any, dict]:  # nothing to rebuild on resume
         model = nlp if nlp is not None else load_spacy(args.spacy_model)
         kt = knowledge_trie_module()
         normalizer = kt.WordNormalizer()

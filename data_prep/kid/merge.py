@@ -1,6 +1,6 @@
 """``kid-merge-shards``: join the complete shards of a ``kid-retrieve`` or ``kid-build-trie`` run
 (``--num-shards N``) into the output and its stats, as ``ki-merge-alignments`` does for
-``ki-mine`` (checks and file layout: :mod:`data_prep.kid.shards`).
+``ki-mine`` (checks and file layout: :mod:`data_prep.shards`).
 
 ``kid-merge-shards --output OUT.jsonl --num-shards N [--input FILE] [--stats PATH]`` reads which
 command wrote the shards from shard 0's progress file, checks every shard (present, complete,
@@ -19,7 +19,7 @@ from typing import Optional
 from informative_dialogue.cli import console_script, setup_logging
 from data_prep.kid.build_trie import trie_stats
 from data_prep.kid.retrieve import retrieval_stats
-from data_prep.kid.shards import merge_shards, shard_command
+from data_prep.shards import merge_shards, shard_command
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ Output (JSONL, one line per input line, in order)::
 best first (ties broken by collection order). An empty context gets ``"passages": []``.
 A stats JSON (``--stats``, default ``<output>.stats.json``) records counts and timings.
 
-Sharding and resuming (:mod:`data_prep.kid.shards`, the conventions of ``ki-mine``):
+Sharding and resuming (:mod:`data_prep.shards`, the conventions of ``ki-mine``):
 ``--num-shards N --shard-id I`` retrieves for the contiguous line range
 ``[n·I//N, n·(I+1)//N)`` of ``--input`` into ``OUT.shard{I}of{N}.jsonl`` (``"line"`` = the line
 in the whole input) with ``OUT.shard{I}of{N}.progress.json`` rewritten after every
@@ -53,7 +53,7 @@ from informative_dialogue.cli import console_script, setup_logging
 from informative_dialogue.text_io import read_lines
 from data_prep.kid.collection import Passage, add_collection_arguments, collection_from_args, collection_key
 from data_prep.kid.dense_retriever import DenseEncoder, DenseRetriever
-from data_prep.kid.shards import add_shard_arguments, check_shard_flags, merge_shards, new_record, run_shard
+from data_prep.shards import add_shard_arguments, check_shard_flags, merge_shards, new_record, run_shard
 from data_prep.kid.sparse_retrievers import BM25Retriever, RandomRetriever
 
 logger = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def main(argv: Optional[list[str]] = None, stop_after_chunks: Optional[int] = No
     record = new_record("kid-retrieve", args.input, len(contexts), record_options(args, passages),
                         collection={"path": os.path.abspath(args.collection), "passages": len(passages)})
 
-    def prepare() -> tuple[Any, dict]:
+    def prepare(lines_done: int) -> tuple[Any, dict]:  # nothing to rebuild on resume
         t0 = time.time()
         retriever = build_retriever(args, passages)
         live_before = np.concatenate([[0], np.cumsum([bool(c.strip()) for c in contexts])])  # (n + 1,)

@@ -1,6 +1,6 @@
-"""Sharded, resumable runs of the offline KID commands (``kid-retrieve``, ``kid-build-trie``)
-and the merge of their shards (``kid-merge-shards``), with ``ki-mine``'s conventions
-(:mod:`data_prep.ki.shards`, whose line ranges, fingerprints and record check are reused).
+"""Sharded, resumable runs of the offline data commands (``ki-mine``, ``kid-retrieve``,
+``kid-build-trie``) and the merge of shards of JSONL outputs (``kid-merge-shards``;
+``ki-merge-alignments`` merges mining's own shards, :mod:`data_prep.ki.merge`).
 
 - ``--num-shards N --shard-id I`` (default 1 and 0): shard I is the contiguous line range
   ``[n·I//N, n·(I+1)//N)`` of the command's input (``--input`` of ``kid-retrieve``,
@@ -34,16 +34,56 @@ import os
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from tqdm import tqdm
+
 from informative_dialogue.errors import CorpusError
-from informative_dialogue.text_io import OutputSet, iter_lines, write_json_atomic
-from data_prep.ki.shards import record_mismatch, shard_range, source_fingerprint
+from informative_dialogue.text_io import OutputSet, file_sha256, iter_lines, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
+
+def shard_range(n_lines: int, num_shards: int, shard_id: int) -> tuple[int, int]:
+    """Balanced contiguous line range ``[start, end)`` of shard ``shard_id`` of ``num_shards``."""
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"need 0 <= shard-id < num-shards, got shard {shard_id} of {num_shards}")
+    return n_lines * shard_id // num_shards, n_lines * (shard_id + 1) // num_shards
+
+
+def source_fingerprint(path: str | os.PathLike, n_lines: int) -> dict:
+    """An input file's identity for resuming and merging: path, size, sha256, line count."""
+    return {"path": os.path.abspath(os.fspath(path)), "size": os.path.getsize(path), "sha256": file_sha256(path), "lines": n_lines}
+
+
+RECORD_KEYS = ("format", "source", "index", "options", "num_shards", "shard_id", "start_line", "end_line")
+
+
+def record_mismatch(old: dict, new: dict) -> list[str]:
+    """What differs between a shard's recorded run (``old``) and this one (``new``) on the
+    :data:`RECORD_KEYS`: the source by content (not path), the index by its meta.json hash,
+    options one by one; empty when the shard may resume."""
+    diffs = []
+    for key in RECORD_KEYS:
+        a, b = old.get(key), new.get(key)
+        if key == "source" and isinstance(a, dict) and isinstance(b, dict):
+            # the path may move; the content decides
+            a = {k: v for k, v in a.items() if k != "path"}
+            b = {k: v for k, v in b.items() if k != "path"}
+        if key == "index" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = a.get("meta_sha256"), b.get("meta_sha256")
+        if a != b:
+            if key == "options" and isinstance(a, dict) and isinstance(b, dict):
+                diffs += [f"option {k}: recorded {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            else:
+                diffs.append(f"{key}: recorded {a!r}, now {b!r}")
+    return diffs
+
+
 ChunkFn = Callable[[int, int], tuple[list[str], dict]]
 """``process(start, end)`` -> (output lines of input lines ``[start, end)`` without ``\\n``, counts)."""
-Prepare = Callable[[], tuple[ChunkFn, dict]]
-"""Called only when a shard has lines left: loads models, returns (process, setup counts)."""
+Prepare = Callable[[int], tuple[ChunkFn, dict]]
+"""``prepare(lines_done)``, called only when a shard has lines left (``lines_done`` of its lines
+are in its data file already, e.g. to rebuild a cache on resume): loads models, returns
+(process, setup counts)."""
 Summarize = Callable[[Mapping[str, Any], Mapping[str, Any]], dict]
 """``summarize(counts, record)`` -> stats."""
 
@@ -138,19 +178,30 @@ def run_shard(
     shard_id: int = 0,
     chunk_lines: int = 2000,
     stop_after_chunks: Optional[int] = None,
+    files: Optional[dict[str, str]] = None,
+    desc: Optional[str] = None,
+    progress: bool = True,
 ) -> dict:
     """Compute (or resume, or skip when complete) one shard; returns its stats (also written to
-    its ``.stats.json``). ``record`` from :func:`new_record`. ``stop_after_chunks`` (tests)
-    returns ``{"stopped_at_line": ...}`` after that many chunks, as if killed."""
+    its ``.stats.json``; a complete shard returns the stats written when it completed).
+    ``record`` from :func:`new_record` (or any dict with ``source`` = a
+    :func:`source_fingerprint` and the other :data:`RECORD_KEYS` to
+    compare). ``files``: the shard's ``data``, ``progress`` and ``stats`` paths (default
+    :func:`shard_files` of ``output``). ``desc``: the progress bar's label (tqdm, off with
+    ``progress=False``). ``stop_after_chunks`` (tests) returns ``{"stopped_at_line": ...}``
+    after that many chunks, as if killed."""
     check_shard_flags(num_shards, shard_id, chunk_lines)
     start, end = shard_range(record["source"]["lines"], num_shards, shard_id)
-    files = shard_files(output, num_shards, shard_id)
+    files = files or shard_files(output, num_shards, shard_id)
     record = {**record, "num_shards": num_shards, "shard_id": shard_id, "start_line": start, "end_line": end}
     os.makedirs(os.path.dirname(os.path.abspath(files["data"])), exist_ok=True)
     if os.path.exists(files["progress"]):
         state = _resume_state(files, record)
         if state.get("complete"):
             logger.info("shard %d of %d already complete (%s): skipped", shard_id, num_shards, files["data"])
+            if os.path.exists(files["stats"]):
+                with open(files["stats"], encoding="utf-8") as f:
+                    return json.load(f)
             return summarize(state["counts"], state)
         logger.info("resuming shard %d of %d at line %d of [%d, %d)", shard_id, num_shards, start + state["lines_done"], start, end)
     else:
@@ -162,10 +213,12 @@ def run_shard(
     t0 = time.perf_counter()
     pos = start + state["lines_done"]
     if pos < end:
-        process, setup_counts = prepare()
+        process, setup_counts = prepare(state["lines_done"])
         state["counts"] = merge_counts(state["counts"], setup_counts, files["progress"])
     chunks = 0
-    with open(files["data"], "ab") as out:
+    label = desc or f"{record.get('format', 'shard')} {shard_id}/{num_shards}"
+    with open(files["data"], "ab") as out, tqdm(total=end - start, initial=pos - start, desc=label, unit="line",
+                                                 disable=not progress) as bar:
         while pos < end:
             if stop_after_chunks is not None and chunks >= stop_after_chunks:
                 logger.info("stopping after %d chunk(s) (test hook)", chunks)
@@ -180,6 +233,7 @@ def run_shard(
             pos, chunks = stop, chunks + 1
             state.update(lines_done=pos - start, byte_offset=out.tell(), counts=merge_counts(state["counts"], delta, files["progress"]))
             write_json_atomic(files["progress"], {**state, "elapsed_s": state["elapsed_s"] + time.perf_counter() - t0})
+            bar.update(len(lines))
     state.update(complete=True, elapsed_s=state["elapsed_s"] + time.perf_counter() - t0)
     stats = summarize(state["counts"], state)
     write_json_atomic(files["stats"], stats)
@@ -258,8 +312,6 @@ def merge_shards(
     input_path = input_path or recorded["path"]
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"{input_path}: input file not found (pass --input)")
-    from data_prep.ki.index import file_sha256
-
     if file_sha256(input_path) != recorded["sha256"]:
         raise ValueError(f"{input_path}: differs from the input the shards were computed from ({recorded['path']})")
     counts: dict = {}
