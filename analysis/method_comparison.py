@@ -10,7 +10,9 @@ baseline -- the converged comparison tables of ``examples/*/RESULTS.md``.
 Each ``--system NAME=DIR`` is a checkpoint folder as the recipes leave it: ``DIR/train.log``
 (fairseq, ``--log-format simple``; read by :mod:`analysis.training_curve`),
 ``DIR/gen/SUBSET.DECODER.out`` (fairseq-generate) and ``DIR/gen/SUBSET.DECODER.metrics.json``
-(dialog-metrics, written by ``evaluate.sh``). The report has one training table (epochs, best
+(dialog-metrics, written by ``evaluate.sh``). A decoder ``SUBDIR/NAME`` reads ``DIR/SUBDIR``
+instead of ``DIR/gen`` (``gen_kid/sample``: ``generate_kid.sh``'s outputs), and a NAME with
+``*`` stands for every output of the baseline's folder it matches (``gen_kid/kid.*``). The report has one training table (epochs, best
 epoch, updates and validation NLL at the best epoch, how the run ended, seconds in training
 steps) and one table per decoder: the dialog-metrics columns ``--columns``, the number of
 distinct responses, and for every system but the baseline the paired-bootstrap difference with
@@ -37,7 +39,8 @@ from informative_dialogue.cli import setup_logging
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["System", "parse_system", "distinct_responses", "training_table", "decoder_table", "main"]
+__all__ = ["System", "parse_system", "expand_decoders", "distinct_responses", "training_table", "decoder_table",
+           "main"]
 
 DEFAULT_COLUMNS = ("ppl", "bleu4", "rougeL", "f1", "dist1", "dist2", "dist3", "lf", "kl2", "safe", "avg_len")
 MISSING = "–"
@@ -51,7 +54,26 @@ class System:
     path: Path
 
     def gen(self, subset: str, decoder: str, suffix: str) -> Path:
-        return self.path / "gen" / f"{subset}.{decoder}.{suffix}"
+        """``DIR/SUBDIR/SUBSET.NAME.SUFFIX`` of decoder ``[SUBDIR/]NAME`` (SUBDIR default ``gen``)."""
+        sub, _, name = decoder.rpartition("/")
+        return self.path / (sub or "gen") / f"{subset}.{name}.{suffix}"
+
+
+def expand_decoders(specs: Sequence[str], base: System, subset: str) -> List[str]:
+    """The decoders of ``specs`` with each pattern (``*``, ``?``, ``[``) replaced by the outputs of
+    ``base``'s folder that match it, in name order; FileNotFoundError when one matches none."""
+    out: List[str] = []
+    for spec in specs:
+        sub, _, name = spec.rpartition("/")
+        if not any(c in name for c in "*?["):
+            out.append(spec)
+            continue
+        folder = base.path / (sub or "gen")
+        found = sorted(m.name[len(subset) + 1:-len(".out")] for m in folder.glob(f"{subset}.{name}.out"))
+        if not found:
+            raise FileNotFoundError(f"no {subset}.{name}.out in {folder} (decoder {spec!r})")
+        out += [f"{sub}/{f}" if sub else f for f in found]
+    return out
 
 
 def parse_system(spec: str) -> System:
@@ -123,7 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     p.add_argument("--ref", required=True, help="references, one per test example (tokenised, as evaluate.sh)")
     p.add_argument("--knowledge", help="grounding knowledge per test example (adds knowledge F1 differences)")
     p.add_argument("--subset", default="test")
-    p.add_argument("--decoders", nargs="+", default=["greedy", "beam5"])
+    p.add_argument("--decoders", nargs="+", default=["greedy", "beam5"],
+                   help="[SUBDIR/]NAME of each output (SUBDIR default gen; NAME may hold * patterns)")
     p.add_argument("--columns", default=",".join(DEFAULT_COLUMNS), help="dialog-metrics keys to show")
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--allow-missing", action="store_true", help="empty cells for systems without outputs yet")
@@ -158,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     curves = {s.name: read_training_log(s.path / "train.log") if need(s.path / "train.log") else None
               for s in systems}
     parts = [f"Training (`{args.subset}` outputs; best epoch by validation NLL)", "", training_table(curves)]
-    for decoder in args.decoders:
+    for decoder in expand_decoders(args.decoders, base, args.subset):
         rows: Dict[str, Optional[dict]] = {}
         distinct: Dict[str, Optional[int]] = {}
         diffs: Dict[str, Dict[str, dict]] = {}

@@ -1,5 +1,6 @@
-"""examples/dailydialog/converged_study.sh: the stages' commands (DRY_RUN), ND's gamma from the
-finished baseline's log, and the refusal to guess gamma before the baseline has finished."""
+"""examples/{dailydialog,cmu_dog}/converged_study.sh (body: examples/common/converged_study.sh):
+the stages' commands (DRY_RUN), ND's gamma from the finished baseline's log, the refusal to guess
+gamma before the baseline has finished, and finished parts not redone."""
 from __future__ import annotations
 
 import os
@@ -12,10 +13,11 @@ from tests.test_training_curve import train, valid
 SCRIPT = REPO_ROOT / "examples" / "dailydialog" / "converged_study.sh"
 
 
-def study(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def study(tmp_path: Path, script: Path = SCRIPT, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in (
-        "STAGES", "CONFIG", "SEED", "ND_GAMMA", "PATIENCE", "MAX_EPOCH", "LR", "THREADS", "DRY_RUN")}
-    return subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True,
+        "STAGES", "CONFIG", "SEED", "ND_GAMMA", "PATIENCE", "MAX_EPOCH", "LR", "THREADS", "DRY_RUN", "SYSTEMS",
+        "KID_DECODE", "KNOWLEDGE", "RECIPES")}
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True,
                           env=dict(clean, WORK=str(tmp_path), KI_HOME=str(tmp_path / "ki_home"), **env))
 
 
@@ -76,3 +78,22 @@ def test_finished_parts_are_not_redone(tmp_path: Path) -> None:
     assert "STAGES=index mine binarise" in cmds[2]
     assert "STAGES=generate evaluate" in cmds[3] and cmds[3].endswith("train_ki.sh")
     assert len(cmds) == 4
+
+
+def test_cmu_dog_study_decodes_with_kid_and_scores_knowledge(tmp_path: Path) -> None:
+    """CMU_DoG: baseline and +KI+ND by default, each also decoded by generate_kid.sh (retrieval and
+    tries built once), knowledge F1 in the report, KID outputs included by pattern."""
+    cmds = commands(study(tmp_path, REPO_ROOT / "examples" / "cmu_dog" / "converged_study.sh", DRY_RUN="1"))
+    recipes = REPO_ROOT / "examples" / "cmu_dog"
+    assert cmds[0].endswith(f"{recipes}/train_transformer.sh --best-checkpoint-metric nll_loss")
+    assert "STAGES=entropy binarise teacher" in cmds[3] and cmds[3].endswith("examples/dailydialog/train_nd.sh")
+    assert cmds[4].endswith(f"{recipes}/train_ki.sh") and cmds[5].endswith(f"{recipes}/train_ki_nd.sh")
+    kid = [c for c in cmds if c.endswith("generate_kid.sh")]
+    assert len(kid) == 2 and "STAGES=retrieve trie decode evaluate" in kid[0] and "STAGES=decode evaluate" in kid[1]
+    assert "transformer_compact_seed1/checkpoint_best.pt" in kid[0] and "ki_nd_compact_seed1/checkpoint_best.pt" in kid[1]
+    report = cmds[-1]
+    assert f"--knowledge {tmp_path}/tok/test.knowledge" in report and "--decoders greedy beam5 gen_kid/*" in report
+    assert "--system +KI+ND=" in report and "--system +KI=" not in report and "--system +ND=" not in report
+    assert len(cmds) == 9
+    bad = study(tmp_path, DRY_RUN="1", SYSTEMS="baseline kd")
+    assert bad.returncode != 0 and "unknown system 'kd' in SYSTEMS" in bad.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.method_comparison import distinct_responses, main, parse_system
+from analysis.method_comparison import distinct_responses, expand_decoders, main, parse_system
 from tests.test_training_curve import train, valid
 
 REFS = ["i am fine", "good morning to you", "yes", "maybe"]
@@ -62,3 +62,26 @@ def test_missing_outputs_are_an_error_or_empty_cells(tmp_path: Path) -> None:
         main(["--system", f"a={base}", "--baseline", "b", "--ref", str(tmp_path / "ref")])
     with pytest.raises(ValueError, match="NAME=DIR"):
         parse_system("nodir")
+
+
+def test_decoders_in_other_folders_and_patterns(tmp_path: Path) -> None:
+    """``gen_kid/kid.*`` reads generate_kid.sh's folder and stands for each matching output."""
+    base = system_dir(tmp_path, "base", ["i am fine", "i am fine", "yes", "no"], 5.0)
+    other = system_dir(tmp_path, "other", ["i am fine", "good morning", "yes", "no"], 4.5)
+    for d in (base, other):
+        (d / "gen_kid").mkdir()
+        for name in ("kid.dense.h4", "kid.dense.h2", "sample"):
+            for suffix in ("out", "metrics.json"):
+                (d / "gen_kid" / f"test.{name}.{suffix}").write_text((d / "gen" / f"test.greedy.{suffix}").read_text())
+    sys_base = parse_system(f"baseline={base}")
+    assert expand_decoders(["greedy", "gen_kid/kid.*", "gen_kid/sample"], sys_base, "test") == [
+        "greedy", "gen_kid/kid.dense.h2", "gen_kid/kid.dense.h4", "gen_kid/sample"]
+    assert sys_base.gen("test", "gen_kid/sample", "out") == base / "gen_kid" / "test.sample.out"
+    with pytest.raises(FileNotFoundError, match=r"no test.little.\*.out in .*gen_kid"):
+        expand_decoders(["gen_kid/little.*"], sys_base, "test")
+    (tmp_path / "ref").write_text("\n".join(REFS) + "\n")
+    report = main(["--system", f"baseline={base}", "--system", f"+X={other}", "--baseline", "baseline",
+                   "--ref", str(tmp_path / "ref"), "--decoders", "gen_kid/kid.*", "--columns", "ppl",
+                   "--resamples", "100"])
+    assert "Decoder `gen_kid/kid.dense.h2`" in report and "Decoder `gen_kid/kid.dense.h4`" in report
+    assert report.count("| +X | 22.63 | 4 | +16.67 [") == 2

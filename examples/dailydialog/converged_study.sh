@@ -1,139 +1,15 @@
 #!/usr/bin/env bash
 # The converged comparison on DailyDialog: baseline, +KI, +ND and +KI+ND, each trained to
-# convergence (early stopping on the validation NLL, PATIENCE validations without a new best)
-# with one configuration and seed, decoded greedily and with beam 5, then one report: how each
-# run trained (epochs, best epoch, seconds) and what it scored, with paired-bootstrap intervals
-# against the baseline (analysis/method_comparison.py).
-#   bash examples/dailydialog/converged_study.sh                       # every stage, SEED=1
-#   SEED=2 STAGES="baseline ki nd ki_nd report" bash examples/dailydialog/converged_study.sh
+# convergence (CONFIG=compact: 2+2 layers, 128/512; early stopping on the validation NLL) with one
+# seed, decoded greedily and with beam 5, then one report with paired-bootstrap intervals against
+# the baseline. Stages and every option: examples/common/converged_study.sh. Run prepare.sh first, then
+#   bash examples/dailydialog/converged_study.sh
 #   DRY_RUN=1 bash examples/dailydialog/converged_study.sh             # print what would run, run nothing
-# Stages (STAGES, run in this order whatever order they are named in):
-#   baseline   train_transformer.sh (label-smoothed cross-entropy)
-#   teacher    train_nd.sh's entropy, binarise (if D_N is not binarised yet) and teacher stages:
-#              the negative teacher on the top-entropy half, seed TEACHER_SEED (one teacher for
-#              every student seed), early stopping on its validation loss
-#   ki_inputs  train_ki.sh's kb retriever index mine binarise, from the first whose output is
-#              missing: knowledge base, retriever, index, mined alignments (about 30 min on 2 cores)
-#   ki         train_ki.sh's train stage (KI, lambda KI_LAMBDA)
-#   nd         train_nd.sh's student stage, alpha's peak at ND_GAMMA updates
-#   ki_nd      train_ki_nd.sh's train stage (--criterion ki_negative_distillation)
-#   report     analysis.method_comparison over the four -> REPORT
-# Every training stage decodes and scores its model (generate, evaluate). A run whose train.log
-# says "done training" is not trained again; an interrupted one resumes from its
-# checkpoint_last.pt when its stage is run again (fairseq's restore; the patience count restarts
-# there). ND_GAMMA defaults to half the baseline's updates at its best epoch (the paper puts the
-# peak of 25,600 at about half of ~50k updates), so the stage baseline must have finished first.
-# On 2 cores, run two stages at once with THREADS=1 each (e.g. baseline beside teacher).
-source "$(dirname "${BASH_SOURCE[0]}")/../common/env.sh"
-
 # --- paths and options (override by environment) -------------------------------------------
-WORK="${WORK:-$ROOT/work/dailydialog}"          # prepare.sh's output
-CONFIG="${CONFIG:-compact}"                     # 2+2 layers, 128/512 (env.sh transformer_args)
-LR="${LR:-0.002}"                               # peak learning rate (inverse-sqrt after WARMUP)
-PATIENCE="${PATIENCE:-3}"                       # validations (epochs) without a new best
-MAX_EPOCH="${MAX_EPOCH:-60}"                    # a cap; early stopping ends the runs first
-SEED="${SEED:-1}"
-TEACHER_SEED="${TEACHER_SEED:-1}"
-THREADS="${THREADS:-}"                          # torch threads per run (empty: torch's default)
-KI_LAMBDA="${KI_LAMBDA:-1}"
-ND_GAMMA="${ND_GAMMA:-}"                        # empty: half the baseline's updates at its best epoch
-RATIO="${RATIO:-0.5}"                           # D_N = the top RATIO of the pairs by source entropy
-TIE_BREAK="${TIE_BREAK:-shorter}"               # pairs tied at the cut (87.6 % have entropy 0)
-CKPTS="${CKPTS:-$WORK/checkpoints}"
-BASE_DIR="${BASE_DIR:-$CKPTS/transformer_${CONFIG}_seed$SEED}"
-TEACHER_DIR="${TEACHER_DIR:-$CKPTS/nd_teacher_${CONFIG}_seed$TEACHER_SEED}"
-KI_DIR="${KI_DIR:-$CKPTS/ki_${CONFIG}_seed$SEED}"
-ND_DIR="${ND_DIR:-$CKPTS/nd_student_${CONFIG}_seed$SEED}"
-KI_ND_DIR="${KI_ND_DIR:-$CKPTS/ki_nd_${CONFIG}_seed$SEED}"
-KI_HOME="${KI_HOME:-$ROOT/work/ki}"             # knowledge base, retriever, index (shared by datasets)
-ALIGN_DIR="${ALIGN_DIR:-$WORK/ki/align}"
-KI_BIN="${KI_BIN:-$WORK/ki/data-bin}"
-REPORT="${REPORT:-$CKPTS/converged_${CONFIG}_seed$SEED.md}"
-STAGES="${STAGES:-baseline teacher ki_inputs ki nd ki_nd report}"
-DRY_RUN="${DRY_RUN:-}"
+WORK="${WORK:-$(cd "$(dirname "$0")/../.." && pwd)/work/dailydialog}"   # prepare.sh's output
+SYSTEMS="${SYSTEMS:-baseline ki nd ki_nd}"
+KID_DECODE="${KID_DECODE:-0}"              # DailyDialog has no grounding knowledge to decode with
 # -------------------------------------------------------------------------------------------
-
-export WORK CONFIG LR PATIENCE MAX_EPOCH KI_HOME ALIGN_DIR KI_BIN
-[ -n "$THREADS" ] && export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
-RECIPES="$ROOT/examples/dailydialog"
-[ -n "$DRY_RUN" ] || [ -f "$WORK/data-bin/dict.src.txt" ] || {
-  echo "run examples/dailydialog/prepare.sh first ($WORK/data-bin)" >&2; exit 1; }
-
-run() {  # the command, printed; run unless DRY_RUN
-  echo "+ $*"
-  [ -n "$DRY_RUN" ] || "$@"
-}
-# finished DIR: whether DIR/train.log says the run finished
-finished() { grep -q "done training in" "$1/train.log" 2>/dev/null; }
-# model_stages DIR TRAIN_STAGE: a recipe's stages for one model: TRAIN_STAGE unless DIR's run
-# finished, then generate and evaluate
-model_stages() { if finished "$1"; then echo "generate evaluate"; else echo "$2 generate evaluate"; fi; }
-
-if has_stage baseline; then
-  if ! finished "$BASE_DIR"; then
-    run env SEED="$SEED" SAVE_DIR="$BASE_DIR" bash "$RECIPES/train_transformer.sh" --best-checkpoint-metric nll_loss
-  fi
-  for script in generate evaluate; do
-    run env CHECKPOINT="$BASE_DIR/checkpoint_best.pt" bash "$RECIPES/$script.sh"
-  done
-fi
-
-if has_stage teacher; then
-  nd_stages=""
-  [ -f "$WORK/entropy/negative/data-bin/dict.src.txt" ] || nd_stages="entropy binarise"
-  finished "$TEACHER_DIR" || nd_stages="$nd_stages teacher"
-  if [ -n "$nd_stages" ]; then
-    run env STAGES="${nd_stages# }" RATIO="$RATIO" TIE_BREAK="$TIE_BREAK" SEED="$TEACHER_SEED" \
-      TEACHER_EPOCH="$MAX_EPOCH" TEACHER_DIR="$TEACHER_DIR" bash "$RECIPES/train_nd.sh"
-  fi
-fi
-
-if has_stage ki_inputs; then
-  # from the first stage whose output is missing on (later stages depend on earlier ones)
-  ki_stages="" redo=""
-  for pair in "kb:$KI_HOME/kb/items.tsv" "retriever:$KI_HOME/retriever/config.json" \
-      "index:$KI_HOME/index/meta.json" "mine:$ALIGN_DIR/train.align" "mine:$ALIGN_DIR/valid.align" \
-      "mine:$ALIGN_DIR/test.align" "binarise:$KI_BIN/train.align.ids.npy" "binarise:$KI_BIN/valid.align.ids.npy"; do
-    [ -n "$redo" ] || [ ! -f "${pair#*:}" ] && redo=1
-    [ -n "$redo" ] && [[ " $ki_stages " != *" ${pair%%:*} "* ]] && ki_stages="$ki_stages ${pair%%:*}"
-  done
-  [ -n "$ki_stages" ] && run env STAGES="${ki_stages# }" KI_HOME="$KI_HOME" ALIGN_DIR="$ALIGN_DIR" \
-    bash "$RECIPES/train_ki.sh"
-fi
-
-if has_stage ki; then
-  run env STAGES="$(model_stages "$KI_DIR" train)" SEED="$SEED" SAVE_DIR="$KI_DIR" KI_LAMBDA="$KI_LAMBDA" \
-    bash "$RECIPES/train_ki.sh"
-fi
-
-if has_stage nd || has_stage ki_nd; then
-  if [ -z "$ND_GAMMA" ]; then
-    if finished "$BASE_DIR"; then
-      ND_GAMMA="$(python3 -c 'import sys; from analysis.training_curve import read_training_log as r
-c = r(sys.argv[1]); print(max(1, c.updates_at_best // 2))' "$BASE_DIR/train.log")"
-    elif [ -n "$DRY_RUN" ]; then
-      ND_GAMMA="<half the baseline's updates at its best epoch>"
-    else
-      echo "ND_GAMMA: the baseline has not finished training ($BASE_DIR/train.log); run stage baseline first" \
-        "or set ND_GAMMA" >&2
-      exit 1
-    fi
-  fi
-  echo "ND_GAMMA=$ND_GAMMA"
-fi
-
-if has_stage nd; then
-  run env STAGES="$(model_stages "$ND_DIR" student)" SEED="$SEED" MAX_EPOCH="$MAX_EPOCH" TEACHER_DIR="$TEACHER_DIR" \
-    STUDENT_DIR="$ND_DIR" ND_GAMMA="$ND_GAMMA" bash "$RECIPES/train_nd.sh"
-fi
-
-if has_stage ki_nd; then
-  run env STAGES="$(model_stages "$KI_ND_DIR" train)" SEED="$SEED" SAVE_DIR="$KI_ND_DIR" TEACHER_DIR="$TEACHER_DIR" \
-    ND_GAMMA="$ND_GAMMA" KI_LAMBDA="$KI_LAMBDA" bash "$RECIPES/train_ki_nd.sh"
-fi
-
-if has_stage report; then
-  run python3 -m analysis.method_comparison --baseline baseline --ref "$WORK/tok/test.tgt" \
-    --system baseline="$BASE_DIR" --system +KI="$KI_DIR" --system +ND="$ND_DIR" --system +KI+ND="$KI_ND_DIR" \
-    --allow-missing --markdown "$REPORT"
-fi
+RECIPES="$(cd "$(dirname "$0")" && pwd)"
+export WORK SYSTEMS KID_DECODE RECIPES
+exec bash "$(dirname "$0")/../common/converged_study.sh" "$@"
