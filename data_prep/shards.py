@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -242,10 +242,12 @@ def run_shard(
     return stats
 
 
-def _shard_state(files: dict[str, str], i: int, num_shards: int, command: str) -> dict:
+def _shard_state(files: dict[str, str], i: int, num_shards: int, command: str, run_args: str = "...") -> dict:
+    """Shard ``i``'s progress record, checked: present (else: run ``command run_args``), of this
+    shard, complete, and its data file (``files["data"]``) of the recorded size."""
     if not os.path.exists(files["progress"]):
         raise FileNotFoundError(
-            f"{files['progress']}: shard {i} of {num_shards} is missing (run {command} ... --num-shards {num_shards} --shard-id {i})"
+            f"{files['progress']}: shard {i} of {num_shards} is missing (run {command} {run_args} --num-shards {num_shards} --shard-id {i})"
         )
     with open(files["progress"], encoding="utf-8") as f:
         st = json.load(f)
@@ -260,6 +262,55 @@ def _shard_state(files: dict[str, str], i: int, num_shards: int, command: str) -
     if size != st["byte_offset"]:
         raise CorpusError(files["data"], f"size {size} differs from the {st['byte_offset']} bytes recorded in {files['progress']}")
     return st
+
+
+def complete_shards(
+    num_shards: int,
+    files_of: Callable[[int], dict[str, str]],
+    same: Sequence[str],
+    input_path: Optional[str] = None,
+    command: Optional[str] = None,
+    run_args: str = "...",
+    origin: str = "input",
+    made: str = "computed",
+) -> tuple[list[dict], str]:
+    """The progress records of shards ``0..num_shards-1`` (``files_of(i)``: their ``data`` and
+    ``progress`` paths) checked as one set, and the input they were computed from.
+
+    Each shard must be present, complete and of its recorded size (:func:`_shard_state`; the
+    hint names ``command``, default the ``format`` recorded by shard 0), agree with shard 0 on
+    the keys ``same`` and on the input's content, and start where the previous one ends; the
+    shards must cover the whole input, and the input (``input_path``, default the recorded path)
+    must exist and be the one recorded. Errors name the file; ``origin`` / ``made`` word them
+    ("input" / "computed", or "source" / "mined")."""
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    states: list[dict] = []
+    for i in range(num_shards):
+        files = files_of(i)
+        name = command or (states[0]["format"].split("/")[0] if states else "the command")
+        st = _shard_state(files, i, num_shards, name, run_args)
+        if states:
+            first = states[0]
+            for key in same:
+                if st[key] != first[key]:
+                    raise ValueError(f"{files['progress']}: {key} differ from shard 0's (must be the same in all shards)")
+            if st["source"]["sha256"] != first["source"]["sha256"]:
+                raise ValueError(f"{files['progress']}: {made} from another {origin} than shard 0 ({st['source']['path']})")
+            if st["start_line"] != states[-1]["end_line"]:
+                raise ValueError(f"{files['progress']}: starts at line {st['start_line']} but shard {i - 1} ends at {states[-1]['end_line']}")
+        elif st["start_line"] != 0:
+            raise ValueError(f"{files['progress']}: shard 0 starts at line {st['start_line']}, expected 0")
+        states.append(st)
+    recorded = states[0]["source"]
+    if states[-1]["end_line"] != recorded["lines"]:
+        raise ValueError(f"shards cover {states[-1]['end_line']} lines but the {origin} {recorded['path']} has {recorded['lines']}")
+    input_path = input_path or recorded["path"]
+    if not os.path.exists(input_path):
+        raise FileNotFoundError(f"{input_path}: {origin} file not found (pass --{origin})")
+    if file_sha256(input_path) != recorded["sha256"]:
+        raise ValueError(f"{input_path}: differs from the {origin} the shards were {made} from ({recorded['path']})")
+    return states, input_path
 
 
 def shard_command(output: str, num_shards: int) -> str:
@@ -286,34 +337,9 @@ def merge_shards(
     ``line_key`` field is not its line number in the input, an input (``input_path``, default
     the recorded one) that is not the one the shards were computed from.
     """
-    if num_shards < 1:
-        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
-    states, paths = [], []
-    for i in range(num_shards):
-        files = shard_files(output, num_shards, i)
-        command = states[0]["format"].split("/")[0] if states else "the command"
-        st = _shard_state(files, i, num_shards, command)
-        if states:
-            first = states[0]
-            for key in ("format", "options"):
-                if st[key] != first[key]:
-                    raise ValueError(f"{files['progress']}: {key} differ from shard 0's (must be the same in all shards)")
-            if st["source"]["sha256"] != first["source"]["sha256"]:
-                raise ValueError(f"{files['progress']}: computed from another input than shard 0 ({st['source']['path']})")
-            if st["start_line"] != states[-1]["end_line"]:
-                raise ValueError(f"{files['progress']}: starts at line {st['start_line']} but shard {i - 1} ends at {states[-1]['end_line']}")
-        elif st["start_line"] != 0:
-            raise ValueError(f"{files['progress']}: shard 0 starts at line {st['start_line']}, expected 0")
-        states.append(st)
-        paths.append(files)
+    paths = [shard_files(output, num_shards, i) for i in range(max(num_shards, 0))]
+    states, input_path = complete_shards(num_shards, lambda i: paths[i], ("format", "options"), input_path)
     recorded = states[0]["source"]
-    if states[-1]["end_line"] != recorded["lines"]:
-        raise ValueError(f"shards cover {states[-1]['end_line']} lines but the input {recorded['path']} has {recorded['lines']}")
-    input_path = input_path or recorded["path"]
-    if not os.path.exists(input_path):
-        raise FileNotFoundError(f"{input_path}: input file not found (pass --input)")
-    if file_sha256(input_path) != recorded["sha256"]:
-        raise ValueError(f"{input_path}: differs from the input the shards were computed from ({recorded['path']})")
     counts: dict = {}
     for st, files in zip(states, paths):
         count = 0

@@ -34,8 +34,9 @@ from tqdm import tqdm
 from informative_dialogue.ki.alignment_text import parse_alignment_line, read_text_lines
 from informative_dialogue.errors import CorpusError
 from informative_dialogue.cli import setup_logging, console_script
-from informative_dialogue.text_io import OutputSet, file_sha256
+from informative_dialogue.text_io import OutputSet
 from data_prep.ki.shards import COUNT_KEYS, shard_paths, strip_prefix, summarize
+from data_prep.shards import complete_shards
 
 logger = logging.getLogger(__name__)
 
@@ -64,60 +65,16 @@ def diversity_stats(rows: Sequence[np.ndarray], source_lines: Sequence[str], pro
     }
 
 
-def _load_progress(path: str, shard_id: int, num_shards: int, prefix: str) -> dict:
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path}: shard {shard_id} of {num_shards} is missing (run ki-mine --output {prefix} "
-            f"--num-shards {num_shards} --shard-id {shard_id})"
-        )
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def merge_shards(output: str, num_shards: int, source: str | None = None, progress: bool = True) -> dict:
     """Merge ``num_shards`` shards of ``output`` (``PREFIX.align`` or ``PREFIX``) into
     ``PREFIX.align``; returns (and writes) the coverage stats."""
     prefix = strip_prefix(output)
     out_path = prefix + ".align"
-    if num_shards < 1:
-        raise ValueError(f"num-shards must be >= 1, got {num_shards}")
-    states, files = [], []
-    for i in range(num_shards):
-        paths = shard_paths(prefix, num_shards, i)
-        st = _load_progress(paths["progress"], i, num_shards, prefix)
-        if st.get("num_shards") != num_shards or st.get("shard_id") != i:
-            raise ValueError(f"{paths['progress']}: records shard {st.get('shard_id')} of {st.get('num_shards')}, expected {i} of {num_shards}")
-        if not st.get("complete"):
-            raise ValueError(
-                f"{paths['progress']}: shard {i} of {num_shards} is incomplete ({st.get('lines_done')} of "
-                f"{st['end_line'] - st['start_line']} lines); rerun ki-mine for it to resume"
-            )
-        if st["lines_done"] != st["end_line"] - st["start_line"]:
-            raise ValueError(f"{paths['progress']}: marked complete but {st['lines_done']} lines done of {st['end_line'] - st['start_line']}")
-        if not os.path.exists(paths["align"]) or os.path.getsize(paths["align"]) != st["byte_offset"]:
-            size = os.path.getsize(paths["align"]) if os.path.exists(paths["align"]) else "missing"
-            raise CorpusError(paths["align"], f"size {size} differs from the {st['byte_offset']} bytes recorded in {paths['progress']}")
-        if states:
-            first = states[0]
-            for key in ("options", "index"):
-                if st[key] != first[key]:
-                    raise ValueError(f"{paths['progress']}: {key} differ from shard 0's ({key} must be the same in all shards)")
-            if st["source"]["sha256"] != first["source"]["sha256"]:
-                raise ValueError(f"{paths['progress']}: mined from another source than shard 0 ({st['source']['path']})")
-            if st["start_line"] != states[-1]["end_line"]:
-                raise ValueError(f"{paths['progress']}: starts at line {st['start_line']} but shard {i - 1} ends at {states[-1]['end_line']}")
-        elif st["start_line"] != 0:
-            raise ValueError(f"{paths['progress']}: shard 0 starts at line {st['start_line']}, expected 0")
-        states.append(st)
-        files.append(paths["align"])
-    recorded = states[0]["source"]
-    if states[-1]["end_line"] != recorded["lines"]:
-        raise ValueError(f"shards cover {states[-1]['end_line']} lines but the source {recorded['path']} has {recorded['lines']}")
-    source = source or recorded["path"]
-    if not os.path.exists(source):
-        raise FileNotFoundError(f"{source}: source file not found (pass --source)")
-    if file_sha256(source) != recorded["sha256"]:
-        raise ValueError(f"{source}: differs from the source the shards were mined from ({recorded['path']})")
+    paths = [shard_paths(prefix, num_shards, i) for i in range(max(num_shards, 0))]
+    states, source = complete_shards(
+        num_shards, lambda i: {"data": paths[i]["align"], "progress": paths[i]["progress"]}, ("options", "index"), source,
+        command="ki-mine", run_args=f"--output {prefix}", origin="source", made="mined")
+    files = [p["align"] for p in paths]
     source_lines = read_text_lines(source)
     rows: list[np.ndarray] = []
     for st, path in zip(states, files):
