@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import re
+import subprocess
 from pathlib import Path
 from typing import List
 
@@ -347,6 +348,25 @@ def test_cli_kid_beam_and_sampling_and_steps_0_equals_plain(trained: Path) -> No
     kid_sampling = generate(trained, *sampling, *kid)
     assert sum(ln.startswith("H-") for ln in kid_sampling) == 2 * n_test
     assert knowledge_words(kid_sampling) > knowledge_words(plain)
+
+
+def test_cli_sampling_seed_scope_example_pairs_examples(trained: Path) -> None:
+    """--sampling-seed-scope example: every example's sample is the same at batch size 4 and 1 (the
+    run-wide stream is not), --kid-steps 0 still gives plain sampling, and the flag needs --sampling."""
+    kid = ["--kid", "--kid-trie", str(trained / "test.trie.jsonl"), "--kid-hops", "2", "--kid-lr", "1.0"]
+    scope = ["--sampling", "--beam", "1", "--seed", "11", "--sampling-topp", "0.9", "--sampling-seed-scope", "example"]
+
+    def by_id(lines: List[str]) -> List[tuple]:  # (id, tokens): padding moves scores in the last digits
+        return sorted((ln.split("\t")[0], ln.split("\t")[2]) for ln in lines if ln.startswith("H-"))
+
+    batched = by_id(generate(trained, *scope))
+    assert len(batched) == len((trained / "test.src").read_text().splitlines())
+    assert by_id(generate(trained, *scope, "--batch-size", "1")) == batched
+    assert by_id(generate(trained, *scope, *kid, "--kid-steps", "0")) == batched
+    proc = subprocess.run(["fairseq-generate", str(trained / "bin"), "--user-dir", USER_DIR, "--task",
+                           "knowledge_dialog", "--path", str(trained / "ckpt" / "checkpoint_last.pt"),
+                           "--gen-subset", "test", "--sampling-seed-scope", "example"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "--sampling-seed-scope example needs --sampling" in proc.stderr
 
 
 def test_cli_interactive_kid_shared_trie(trained: Path) -> None:

@@ -19,7 +19,7 @@ KNOWLEDGE_SOURCE="${KNOWLEDGE_SOURCE:-cmu_dog}"
 CMU_DOG="${CMU_DOG:-$SHARED_DATA/cmu_dog.tar.gz}"
 WIKI_SUMMARIES="${WIKI_SUMMARIES:-$SHARED_DATA/wiki_summaries/summaries_en.json.gz}"
 # RETRIEVER (dense | sparse | random), TOP_K, HOPS, KID_STEPS, KID_LR, KID_SIGMA, KID_SOLVER (adam | sigma | kv),
-# KID_KV_STEP, KID_KV_KL, KID_KV_GAMMA, KID_KV_MIX, SEED: the defaults and their meaning are in
+# KID_KV_STEP, KID_KV_KL, KID_KV_GAMMA, KID_KV_MIX, SEED, SEED_SCOPE: the defaults and their meaning are in
 # examples/common/generate_kid.sh (set any of them here to override)
 SUBSET="${SUBSET:-test}"
 KNOWLEDGE="${KNOWLEDGE-$WORK/tok/$SUBSET.knowledge}"   # grounding section, one line per test example

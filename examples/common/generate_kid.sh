@@ -21,7 +21,9 @@
 #                little  sampling + --kid-mode little (Little KID, A.3)
 #                                                              -> OUT_DIR/SUBSET.LITTLE_NAME.out
 #              sample, kid and little share SEED: they differ by the knowledge only
-#              (KID_STEPS=0 gives the sample output token for token)
+#              (KID_STEPS=0 gives the sample output token for token); with SEED_SCOPE=example
+#              (the default) an example's draws do not depend on its batch, so an output differs
+#              from sample's only where KID changed that example's distributions
 #   evaluate   dialog-metrics per decoder, METRICS (default: knowledge F1 against KNOWLEDGE;
 #              unigram F1, ROUGE-L, BLEU-1 against REFERENCE; Distinct-2; length)
 #              -> OUT_DIR/SUBSET.<output name>.metrics.json, and one markdown table METRICS_MD
@@ -72,6 +74,9 @@ TRIE="${TRIE:-$KID_DIR/$SUBSET.$KNOWLEDGE_TAG.trie.jsonl}"
 # --- decoding -------------------------------------------------------------------------------
 DECODERS="${DECODERS:-sample beam5 kid little}"
 SEED="${SEED:-1}"
+SEED_SCOPE="${SEED_SCOPE:-example}"               # --sampling-seed-scope: example (each example draws from its
+                                                  #   own stream: sample, kid and little pair example by example)
+                                                  #   | run (fairseq's one stream per run, as before 2026-12-07)
 SAMPLING_TOPP="${SAMPLING_TOPP:-0.9}"             # top-p sampling (paper: p = 0.9); -1 = off
 SAMPLING_TOPK="${SAMPLING_TOPK:--1}"              # top-k (paper: k = 20); fairseq: top-p wins if both > 0
 BEAM="${BEAM:-5}"
@@ -160,7 +165,8 @@ fi
 if has_stage decode; then
   [ -f "$CHECKPOINT" ] || { echo "checkpoint not found: $CHECKPOINT" >&2; exit 1; }
   mkdir -p "$OUT_DIR"
-  sampling=(--sampling --beam 1 --nbest 1 --seed "$SEED" --sampling-topp "$SAMPLING_TOPP" --sampling-topk "$SAMPLING_TOPK")
+  sampling=(--sampling --beam 1 --nbest 1 --seed "$SEED" --sampling-topp "$SAMPLING_TOPP" --sampling-topk "$SAMPLING_TOPK"
+            --sampling-seed-scope "$SEED_SCOPE")
   # shellcheck disable=SC2206
   kid=(--kid --kid-trie "$TRIE" ${HOPS:+--kid-hops "$HOPS"} ${KID_STEPS:+--kid-steps "$KID_STEPS"}
        ${KID_LR:+--kid-lr "$KID_LR"} ${KID_SIGMA:+--kid-sigma "$KID_SIGMA"} ${KID_SUBWORDS:+--kid-subwords "$KID_SUBWORDS"}

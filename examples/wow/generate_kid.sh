@@ -28,7 +28,7 @@ WIKI_SUMMARIES="${WIKI_SUMMARIES:-$SHARED_DATA/wiki_summaries/summaries_en.json.
 DPR_PASSAGES="${DPR_PASSAGES:-$ROOT/work/downloads/psgs_w100.tsv.gz}"
 DPR_PASSAGES_URL="${DPR_PASSAGES_URL:-https://dl.fbaipublicfiles.com/dpr/wikipedia_split/psgs_w100.tsv.gz}"
 # RETRIEVER (dense | sparse | random), TOP_K, HOPS, KID_STEPS, KID_LR, KID_SIGMA, KID_SOLVER (adam | sigma | kv),
-# KID_KV_STEP, KID_KV_KL, KID_KV_GAMMA, KID_KV_MIX, SEED: the defaults and their meaning are in
+# KID_KV_STEP, KID_KV_KL, KID_KV_GAMMA, KID_KV_MIX, SEED, SEED_SCOPE: the defaults and their meaning are in
 # examples/common/generate_kid.sh (set any of them here to override)
 SUBSET="${SUBSET:-test}"
 KNOWLEDGE="${KNOWLEDGE-$WORK/tok/$SUBSET.knowledge}"   # knowledge sentences, one line per test example

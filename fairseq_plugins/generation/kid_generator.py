@@ -44,6 +44,7 @@ from informative_dialogue.kid.options import KIDOptions
 from informative_dialogue.kid.trie_files import TrieStore
 from informative_dialogue.kid.token_mapping import TokenMapper, load_gpt2_symbol_map
 from fairseq_plugins.generation.kv_state import KVDecoderState, self_attention_modules
+from fairseq_plugins.generation.paired_sampling import apply_sampling_seed_scope
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,9 @@ def build_kid_core(cfg: Any, tgt_dict: Any, n_examples: Optional[int] = None) ->
 
 
 class KIDTaskMixin:
-    """Task mixin: ``build_generator`` returns a :class:`KIDSequenceGenerator` under ``--kid``.
+    """Task mixin: ``build_generator`` returns a :class:`KIDSequenceGenerator` under ``--kid``, and
+    gives it (or the plain generator) per-example random draws under ``--sampling-seed-scope example``
+    (:mod:`~fairseq_plugins.generation.paired_sampling`; the config must carry its field too).
 
     Put it before the fairseq task class: ``class MyTask(KIDTaskMixin, TranslationTask)``;
     the task's ``cfg`` (or ``args`` for legacy tasks) must carry the
@@ -246,10 +249,11 @@ class KIDTaskMixin:
                 cfg, self.target_dictionary, n_examples=self._kid_subset_size()  # type: ignore[attr-defined]
             )
             extra_gen_cls_kwargs["kid_src_dict"] = self.source_dictionary  # type: ignore[attr-defined]
-        return super().build_generator(  # type: ignore[misc]
+        generator = super().build_generator(  # type: ignore[misc]
             models,
             args,
             seq_gen_cls=seq_gen_cls,
             extra_gen_cls_kwargs=extra_gen_cls_kwargs,
             prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         )
+        return apply_sampling_seed_scope(generator, cfg, args, self.target_dictionary)  # type: ignore[attr-defined]

@@ -16,11 +16,12 @@ from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageMode
 from fairseq_plugins.data.batching import CompleteBatchesMixin
 from fairseq_plugins.generation.kid_config import KIDConfig
 from fairseq_plugins.generation.kid_generator import KIDTaskMixin
+from fairseq_plugins.generation.paired_sampling import PairedSamplingConfig
 
 
 @dataclass
-class KIDLanguageModelingConfig(LanguageModelingConfig, KIDConfig):
-    """``language_modeling``'s fields + the KID flags."""
+class KIDLanguageModelingConfig(LanguageModelingConfig, KIDConfig, PairedSamplingConfig):
+    """``language_modeling``'s fields + the KID flags + ``--sampling-seed-scope``."""
 
 
 @register_task("kid_language_modeling", dataclass=KIDLanguageModelingConfig)

@@ -41,11 +41,12 @@ from informative_dialogue.ki.alignments import KnowledgeAlignments, alignment_pa
 from informative_dialogue.ki.binarized_sizes import binarized_source_sizes
 from fairseq_plugins.generation.kid_config import KIDConfig
 from fairseq_plugins.generation.kid_generator import KIDTaskMixin
+from fairseq_plugins.generation.paired_sampling import PairedSamplingConfig
 
 
 @dataclass
-class KnowledgeDialogConfig(TranslationConfig, KIDConfig):
-    """Configuration of ``knowledge_dialog``: translation's fields + the KID flags + KI alignments."""
+class KnowledgeDialogConfig(TranslationConfig, KIDConfig, PairedSamplingConfig):
+    """Configuration of ``knowledge_dialog``: translation's fields + the KID flags + ``--sampling-seed-scope`` + KI alignments."""
 
     knowledge_alignments: bool = field(
         default=False,

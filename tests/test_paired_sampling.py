@@ -1,0 +1,136 @@
+"""Per-example random draws (``--sampling-seed-scope example``): the core draw, and fairseq's
+generator decoding each example the same whatever else is in its batch."""
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+import pytest
+import torch
+
+from fairseq import search
+from fairseq.sequence_generator import SequenceGenerator
+
+from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
+from informative_dialogue.kid.trie_files import TrieExample
+from informative_dialogue.paired_sampling import example_uniforms, inverse_cdf_sample
+from fairseq_plugins.generation.kid_generator import KIDSequenceGenerator
+from fairseq_plugins.generation.paired_sampling import ExampleSeededSampling, apply_sampling_seed_scope
+from fairseq_plugins.tasks.knowledge_dialog import KnowledgeDialogConfig
+from tests.test_kid_generator import CAR_TRIE, DOG_TRIE, WORDS, batch, make_core, tiny_translation_model
+from fairseq.data import Dictionary
+
+
+# --- the core draw ---------------------------------------------------------------------------
+def test_uniforms_depend_on_seed_example_and_step_only() -> None:
+    a = example_uniforms(7, [3, 5, 3], step=2, draws=4)
+    assert a.shape == (3, 4) and a.dtype == torch.float64
+    assert bool(((a >= 0) & (a < 1)).all())
+    assert torch.equal(a[0], a[2])                       # same example, same numbers
+    assert not torch.equal(a[0], a[1])                   # another example
+    assert torch.equal(example_uniforms(7, [5], 2, 4)[0], a[1])   # row position does not matter
+    assert not torch.equal(example_uniforms(7, [3], 3, 4)[0], a[0])   # another step
+    assert not torch.equal(example_uniforms(8, [3], 2, 4)[0], a[0])   # another seed
+    assert torch.equal(example_uniforms(7, [3], 2, 2)[0], a[0, :2])   # a prefix of the same stream
+    with pytest.raises(ValueError, match="negative"):
+        example_uniforms(7, [-1], 0, 1)
+
+
+def test_inverse_cdf_by_hand() -> None:
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]])
+    u = torch.tensor([[0.1, 0.2, 0.69, 0.71, 0.999]])
+    # cumulative 0.2, 0.2, 0.7, 1.0: the first index whose cumulative mass exceeds u
+    assert inverse_cdf_sample(probs, u).tolist() == [[0, 2, 2, 3, 3]]
+    assert inverse_cdf_sample(probs * 4, u).tolist() == [[0, 2, 2, 3, 3]]   # unnormalised masses
+    # u = 0 never draws a leading token without mass
+    assert inverse_cdf_sample(torch.tensor([[0.0, 0.25, 0.75]]), torch.tensor([[0.0, 0.5]])).tolist() == [[1, 2]]
+    # a target at the total (rounding) takes the last token with mass, never a zero after it
+    assert inverse_cdf_sample(torch.tensor([[0.5, 0.5, 0.0, 0.0]]), torch.tensor([[1.0]])).tolist() == [[1]]
+    with pytest.raises(ValueError, match="no probability mass"):
+        inverse_cdf_sample(torch.zeros(1, 3), torch.tensor([[0.5]]))
+
+
+def test_inverse_cdf_draws_follow_the_distribution() -> None:
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    u = example_uniforms(1, list(range(20000)), 0, 1)                       # (20000, 1)
+    draws = inverse_cdf_sample(probs.expand(20000, 4), u).view(-1)
+    freq = torch.bincount(draws, minlength=4).double() / 20000
+    assert freq[1] == 0
+    assert torch.allclose(freq, probs.double(), atol=0.012)
+
+
+# --- the fairseq search ----------------------------------------------------------------------
+SENTS = ["i like my car", "the dog is loyal", "how are you ?", "hello weather is cold"]
+
+
+@pytest.fixture(scope="module")
+def model_and_dict():
+    d = Dictionary()
+    for w in WORDS:
+        d.add_symbol(w)
+    _, model = tiny_translation_model(d)
+    return model, d
+
+
+def outputs(gen: SequenceGenerator, model, d: Dictionary, sentences: List[str], ids: List[int]) -> dict:
+    sample = batch(d, sentences)
+    sample["id"] = torch.tensor(ids)
+    torch.manual_seed(123)  # the run-wide stream: must not matter under scope example
+    return {i: [h["tokens"].tolist() for h in hyps] for i, hyps in zip(ids, gen.generate([model], sample))}
+
+
+def seeded(d: Dictionary, topp: float = -1.0, seed: int = 5) -> ExampleSeededSampling:
+    return ExampleSeededSampling(d, sampling_topk=-1, sampling_topp=topp, seed=seed)
+
+
+@pytest.mark.parametrize("beam,topp", [(1, -1.0), (1, 0.9), (2, -1.0)])
+def test_an_example_decodes_the_same_alone_or_in_any_batch(model_and_dict, beam: int, topp: float) -> None:
+    model, d = model_and_dict
+    gen = SequenceGenerator([model], d, beam_size=beam, max_len_b=10, search_strategy=seeded(d, topp))
+    together = outputs(gen, model, d, SENTS, [0, 1, 2, 3])
+    reordered = outputs(gen, model, d, SENTS[::-1], [3, 2, 1, 0])
+    alone = {}
+    for i, s in enumerate(SENTS):
+        alone.update(outputs(gen, model, d, [s], [i]))
+    assert together == reordered == alone
+    other_seed = SequenceGenerator([model], d, beam_size=beam, max_len_b=10, search_strategy=seeded(d, topp, seed=6))
+    assert outputs(other_seed, model, d, SENTS, [0, 1, 2, 3]) != together
+
+
+def test_kid_changes_only_the_examples_with_knowledge(model_and_dict) -> None:
+    """The pairing the scope exists for: in one batch KID changes the examples whose trie the
+    memory reaches; an example with an empty trie keeps plain sampling's output exactly, although
+    the outputs around it changed (fairseq's run-wide stream would shift its draws)."""
+    model, d = model_and_dict
+    norm = WordNormalizer()
+    tries = [TrieExample(KnowledgeTrie(CAR_TRIE, normalizer=norm), ["car"]),
+             TrieExample(KnowledgeTrie(DOG_TRIE, normalizer=norm), None),
+             TrieExample(KnowledgeTrie({}, normalizer=norm), ["weather"]),
+             TrieExample(KnowledgeTrie({}, normalizer=norm), ["weather"])]
+    ids = [0, 1, 2, 3]
+    plain = outputs(SequenceGenerator([model], d, beam_size=1, max_len_b=10, search_strategy=seeded(d)),
+                    model, d, SENTS, ids)
+    kid = outputs(KIDSequenceGenerator([model], d, beam_size=1, max_len_b=10, search_strategy=seeded(d),
+                                       kid_core=make_core(d, norm, tries, steps=3, lr=3.0, hops=2)),
+                  model, d, SENTS, ids)
+    assert kid[0] != plain[0] or kid[1] != plain[1]
+    assert kid[2] == plain[2] and kid[3] == plain[3]
+    k0 = outputs(KIDSequenceGenerator([model], d, beam_size=1, max_len_b=10, search_strategy=seeded(d),
+                                      kid_core=make_core(d, norm, tries, steps=0)), model, d, SENTS, ids)
+    assert k0 == plain
+
+
+def test_apply_scope(model_and_dict) -> None:
+    model, d = model_and_dict
+    gen = SequenceGenerator([model], d, beam_size=1, search_strategy=search.Sampling(d, -1, 0.9))
+    cfg = KnowledgeDialogConfig()
+    assert cfg.sampling_seed_scope == "run"
+    assert apply_sampling_seed_scope(gen, cfg, argparse.Namespace(sampling=True), d).search.__class__ is search.Sampling
+    cfg.sampling_seed_scope = "example"
+    torch.manual_seed(42)
+    args = argparse.Namespace(sampling=True, sampling_topk=-1, sampling_topp=0.9)
+    replaced = apply_sampling_seed_scope(gen, cfg, args, d).search
+    assert isinstance(replaced, ExampleSeededSampling)
+    assert (replaced.seed, replaced.sampling_topp, replaced.sampling_topk) == (42, 0.9, -1)
+    with pytest.raises(ValueError, match="needs --sampling"):
+        apply_sampling_seed_scope(gen, cfg, argparse.Namespace(sampling=False), d)
