@@ -17,6 +17,14 @@ Usage::
 
     python3 -m analysis.kid_effect --sweep DIR/sweep.json --ref tgt --knowledge knowledge \\
         --markdown DIR/effect.md --json DIR/effect.json
+
+or, for ``fairseq-generate`` outputs (examples matched by id; every example of ``--ref`` must be
+there), the runs named on the command line, the first (or ``--baseline``) the baseline of the
+others, the decoder's measurements read from the output's ``KID step:`` debug lines
+(``LOGLEVEL=DEBUG fairseq-generate ...``; :func:`kid_step_stats`)::
+
+    python3 -m analysis.kid_effect --gen-out plain=sample.out --gen-out kid=kid.out \\
+        --ref test.tgt --knowledge test.knowledge --knowledge-drop-token __knowledge__ --wordpiece-detok
 """
 from __future__ import annotations
 
@@ -24,17 +32,18 @@ import argparse
 import json
 import logging
 import os
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from analysis.paired_bootstrap import paired_bootstrap, per_example_scores
+from analysis.paired_bootstrap import paired_bootstrap, per_example_scores, read_system
 from dialogue_metrics.ngrams import distinct_n
-from dialogue_metrics.readers import InputError, check_same_count, read_lines
+from dialogue_metrics.readers import InputError, check_same_count, drop_tokens, read_lines, read_text_lines
 from dialogue_metrics.text import tokenize_all
 from informative_dialogue.cli import console_script, setup_logging
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_effect", "effect_table", "changed_share", "main"]
+__all__ = ["run_effect", "effect_table", "changed_share", "kid_step_stats", "gen_out_runs", "main"]
 
 PAIRED = ("kf1", "f1", "rougeL")
 
@@ -45,6 +54,63 @@ def changed_share(hypotheses: Sequence[str], baseline: Sequence[str]) -> float:
     if not hypotheses:
         raise InputError("no hypotheses")
     return sum(h.strip() != b.strip() for h, b in zip(hypotheses, baseline)) / len(hypotheses)
+
+
+_KID_STEP = re.compile(r"KID step: (\d+)/(\d+) rows updated, mean KL ([-+0-9.eE]+|nan)")
+_KID_KV_STEP = re.compile(r"KID kv step: (\d+)/(\d+) rows updated")
+
+
+def kid_step_stats(lines: Sequence[str]) -> Dict[str, Any]:
+    """The decoder's measurements from the ``KID step:`` / ``KID kv step:`` debug lines of a
+    fairseq-generate output: ``{"kid": {"rows", "updated", "updated_share"[, "kl_mean_updated"]}}``
+    (KL: the mean over updated rows, each line's mean weighted by its rows; the lines print it to
+    4 decimals), or ``{}`` when the output has no such line."""
+    rows = updated = 0
+    kl_sum, kl_lines = 0.0, 0
+    for line in lines:
+        m = _KID_STEP.search(line)
+        if m:
+            up, n = int(m.group(1)), int(m.group(2))
+            kl_sum += up * float(m.group(3)) if up else 0.0
+            kl_lines += 1
+        else:
+            m = _KID_KV_STEP.search(line)
+            if not m:
+                continue
+            up, n = int(m.group(1)), int(m.group(2))
+        rows += n
+        updated += up
+    if not rows:
+        return {}
+    kid: Dict[str, Any] = {"rows": rows, "updated": updated, "updated_share": updated / rows}
+    if kl_lines and updated:
+        kid["kl_mean_updated"] = kl_sum / updated
+    return {"kid": kid}
+
+
+def gen_out_runs(specs: Sequence[str], n_examples: int, detok: bool) -> Dict[str, Dict[str, Any]]:
+    """``NAME=PATH`` fairseq-generate outputs -> {name: {"hyp": hypotheses in id order, "stats"}}.
+
+    Raises:
+        InputError: a spec without ``=``, a repeated name, or an output whose ids are not exactly
+            ``0 .. n_examples - 1``.
+    """
+    runs: Dict[str, Dict[str, Any]] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--gen-out {spec!r}: expected NAME=PATH")
+        if name in runs:
+            raise InputError(f"--gen-out: run name {name!r} given twice")
+        ids, hyps, _ = read_system(path, detok)
+        if ids is None:
+            raise InputError(f"{path}: no H-/D- lines (expected a fairseq-generate output)")
+        if ids != list(range(n_examples)):
+            missing = sorted(set(range(n_examples)) - set(ids))
+            raise InputError(f"{path}: {len(ids)} examples, expected ids 0..{n_examples - 1} (one per reference)"
+                             + (f"; first missing id {missing[0]}" if missing else ""))
+        runs[name] = {"hyp": hyps, "stats": kid_step_stats(read_lines(path))}
+    return runs
 
 
 def run_effect(
@@ -110,8 +176,16 @@ def effect_table(results: Mapping[str, Mapping[str, Any]], stats: Mapping[str, M
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kid-effect", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sweep", required=True, help="sweep.json: {runs: {name: {hyp, baseline, stats}}}; "
+    p.add_argument("--sweep", help="sweep.json: {runs: {name: {hyp, baseline, stats}}}; "
                    "hyp paths relative to its folder")
+    p.add_argument("--gen-out", action="append", default=[], metavar="NAME=PATH",
+                   help="instead of --sweep: a fairseq-generate output and its run name; repeatable; the "
+                   "first (or --baseline) is the baseline of the others")
+    p.add_argument("--baseline", help="with --gen-out: the baseline run's name (default: the first)")
+    p.add_argument("--wordpiece-detok", action="store_true",
+                   help="join ## word pieces of hypotheses, references and knowledge first")
+    p.add_argument("--knowledge-drop-token", action="append", default=[], metavar="TOKEN",
+                   help="a token removed from the knowledge lines (e.g. a sentence separator); repeatable")
     p.add_argument("--ref", required=True, help="references, one per line")
     p.add_argument("--knowledge", required=True, help="knowledge text of every example, one per line")
     p.add_argument("--resamples", type=int, default=2000)
@@ -126,20 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    with open(args.sweep, encoding="utf-8") as f:
-        sweep = json.load(f)
-    runs: Mapping[str, Mapping[str, Any]] = sweep.get("runs") or {}
-    if not runs:
-        raise ValueError(f"{args.sweep}: no runs (expected {{'runs': {{name: {{'hyp': ..., 'baseline': ...}}}}}})")
-    folder = os.path.dirname(os.path.abspath(args.sweep))
-    refs, know = read_lines(args.ref), read_lines(args.knowledge)
+    if bool(args.sweep) == bool(args.gen_out):
+        raise InputError("give either --sweep or --gen-out NAME=PATH (repeated)")
+    refs = read_text_lines(args.ref, args.wordpiece_detok)
+    know = drop_tokens(read_text_lines(args.knowledge, args.wordpiece_detok), args.knowledge_drop_token)
     hyps: Dict[str, List[str]] = {}
-    for name, run in runs.items():
-        path = os.path.join(folder, run["hyp"])
-        with open(path, encoding="utf-8") as f:
-            hyps[name] = f.read().splitlines()
-        if len(hyps[name]) != len(refs):
-            raise ValueError(f"{path}: {len(hyps[name])} lines, expected {len(refs)} (one per reference)")
+    runs: Mapping[str, Mapping[str, Any]]
+    if args.gen_out:
+        outputs = gen_out_runs(args.gen_out, len(refs), args.wordpiece_detok)
+        baseline = args.baseline or next(iter(outputs))
+        if baseline not in outputs:
+            raise InputError(f"--baseline {baseline!r} is not one of the --gen-out runs {list(outputs)}")
+        hyps = {name: out["hyp"] for name, out in outputs.items()}
+        runs = {name: {"baseline": None if name == baseline else baseline, "stats": out["stats"]}
+                for name, out in outputs.items()}
+    else:
+        with open(args.sweep, encoding="utf-8") as f:
+            sweep = json.load(f)
+        runs = sweep.get("runs") or {}
+        if not runs:
+            raise ValueError(f"{args.sweep}: no runs (expected {{'runs': {{name: {{'hyp': ..., 'baseline': ...}}}}}})")
+        folder = os.path.dirname(os.path.abspath(args.sweep))
+        for name, run in runs.items():
+            path = os.path.join(folder, run["hyp"])
+            with open(path, encoding="utf-8") as f:
+                hyps[name] = f.read().splitlines()
+            if len(hyps[name]) != len(refs):
+                raise ValueError(f"{path}: {len(hyps[name])} lines, expected {len(refs)} (one per reference)")
     results: Dict[str, Dict[str, Any]] = {}
     for name, run in runs.items():
         base = run.get("baseline")

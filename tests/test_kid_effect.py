@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.kid_effect import changed_share, effect_table, main as effect_main, run_effect
+from analysis.kid_effect import changed_share, effect_table, kid_step_stats, main as effect_main, run_effect
 from dialogue_metrics.readers import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,43 @@ def test_effect_cli_reads_a_sweep(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="kid.hyp: 1 lines, expected 2"):
         effect_main(["--sweep", str(tmp_path / "sweep.json"), "--ref", str(tmp_path / "ref"), "--knowledge",
                      str(tmp_path / "know")])
+
+
+def test_kid_step_stats_from_debug_lines() -> None:
+    lines = ["2026-12-07 | DEBUG | informative_dialogue.kid.memory | KID step: 2/4 rows updated, mean KL 0.0300, mean beta 1",
+             "H-0\t-1.0\tx",
+             "... | KID step: 0/4 rows updated, mean KL 0.0000, mean beta 1",
+             "... | KID step: 6/8 rows updated, mean KL 0.0100, mean beta 1"]
+    kid = kid_step_stats(lines)["kid"]
+    assert (kid["rows"], kid["updated"]) == (16, 8) and kid["updated_share"] == pytest.approx(0.5)
+    assert kid["kl_mean_updated"] == pytest.approx((2 * 0.03 + 6 * 0.01) / 8)   # weighted by rows updated
+    kv = kid_step_stats(["x | KID kv step: 3/4 rows updated, mean demonstration mass 0.1000"])["kid"]
+    assert kv == {"rows": 4, "updated": 3, "updated_share": 0.75}
+    assert kid_step_stats(["H-0\t-1.0\tx"]) == {}
+
+
+def test_effect_cli_reads_fairseq_outputs(tmp_path: Path) -> None:
+    """--gen-out: fairseq-generate outputs matched by id (any order in the file), word pieces
+    joined, the knowledge separator dropped, the first run the baseline, KID stats from debug lines."""
+    (tmp_path / "plain.out").write_text("H-1\t-1.0\tthe cat\nH-0\t-1.0\ta dog\n")
+    (tmp_path / "kid.out").write_text("x | KID step: 1/2 rows updated, mean KL 0.2000, mean beta 1\n"
+                                      "H-0\t-1.0\ta dog ran\nH-1\t-1.0\tthe cat\n")
+    (tmp_path / "ref").write_text("a dog ran\nthe cat sat\n")
+    (tmp_path / "know").write_text("do ##gs ran __knowledge__\ncats\n")
+    args = ["--ref", str(tmp_path / "ref"), "--knowledge", str(tmp_path / "know"), "--resamples", "50",
+            "--wordpiece-detok", "--knowledge-drop-token", "__knowledge__", "--json", str(tmp_path / "e.json")]
+    assert effect_main(["--gen-out", f"plain={tmp_path / 'plain.out'}", "--gen-out", f"kid={tmp_path / 'kid.out'}",
+                        *args]) == 0
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["kid"]["changed"] == pytest.approx(50.0) and "changed" not in out["plain"]
+    # kF1 of "a dog ran" with "dogs ran": P 1/2, R 1/2 -> 0.5 on example 0 (0 on example 1): mean 25
+    assert out["kid"]["kf1"] == pytest.approx(25.0)
+    assert out["kid"]["delta"]["kf1"]["diff"] == pytest.approx(25.0)
+    (tmp_path / "short.out").write_text("H-0\t-1.0\ta dog\n")
+    with pytest.raises(InputError, match="first missing id 1"):
+        effect_main(["--gen-out", f"plain={tmp_path / 'plain.out'}", "--gen-out", f"s={tmp_path / 'short.out'}", *args])
+    with pytest.raises(InputError, match="either --sweep or --gen-out"):
+        effect_main(args)
 
 
 def test_sweep_runs_parse_and_find_their_plain_baseline() -> None:
