@@ -20,8 +20,9 @@ Usage::
 
 or, for ``fairseq-generate`` outputs (examples matched by id; every example of ``--ref`` must be
 there), the runs named on the command line, the first (or ``--baseline``) the baseline of the
-others, the decoder's measurements read from the output's ``KID step:`` debug lines
-(``LOGLEVEL=DEBUG fairseq-generate ...``; :func:`kid_step_stats`)::
+others, the decoder's measurements read from the ``KID step:`` debug lines of the output or of
+its log next to it, ``PATH.log`` (``LOGLEVEL=DEBUG fairseq-generate ... > PATH 2> PATH.log``;
+:func:`kid_step_stats`)::
 
     python3 -m analysis.kid_effect --gen-out plain=sample.out --gen-out kid=kid.out \\
         --ref test.tgt --knowledge test.knowledge --knowledge-drop-token __knowledge__ --wordpiece-detok
@@ -91,6 +92,8 @@ def kid_step_stats(lines: Sequence[str]) -> Dict[str, Any]:
 def gen_out_runs(specs: Sequence[str], n_examples: int, detok: bool) -> Dict[str, Dict[str, Any]]:
     """``NAME=PATH`` fairseq-generate outputs -> {name: {"hyp": hypotheses in id order, "stats"}}.
 
+    ``stats``: :func:`kid_step_stats` of the debug lines in PATH and, if it exists, ``PATH.log``.
+
     Raises:
         InputError: a spec without ``=``, a repeated name, or an output whose ids are not exactly
             ``0 .. n_examples - 1``.
@@ -109,7 +112,10 @@ def gen_out_runs(specs: Sequence[str], n_examples: int, detok: bool) -> Dict[str
             missing = sorted(set(range(n_examples)) - set(ids))
             raise InputError(f"{path}: {len(ids)} examples, expected ids 0..{n_examples - 1} (one per reference)"
                              + (f"; first missing id {missing[0]}" if missing else ""))
-        runs[name] = {"hyp": hyps, "stats": kid_step_stats(read_lines(path))}
+        log_lines = read_lines(path)
+        if os.path.isfile(path + ".log"):  # fairseq-generate's log, when its logging went to stderr
+            log_lines = log_lines + read_lines(path + ".log")
+        runs[name] = {"hyp": hyps, "stats": kid_step_stats(log_lines)}
     return runs
 
 

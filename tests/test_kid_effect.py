@@ -92,12 +92,13 @@ def test_effect_cli_reads_fairseq_outputs(tmp_path: Path) -> None:
     """--gen-out: fairseq-generate outputs matched by id (any order in the file), word pieces
     joined, the knowledge separator dropped, the first run the baseline, KID stats from debug lines."""
     (tmp_path / "plain.out").write_text("H-1\t-1.0\tthe cat\nH-0\t-1.0\ta dog\n")
-    (tmp_path / "kid.out").write_text("x | KID step: 1/2 rows updated, mean KL 0.2000, mean beta 1\n"
-                                      "H-0\t-1.0\ta dog ran\nH-1\t-1.0\tthe cat\n")
+    (tmp_path / "kid.out").write_text("H-0\t-1.0\ta dog ran\nH-1\t-1.0\tthe cat\n")
+    (tmp_path / "kid.out.log").write_text("x | KID step: 1/2 rows updated, mean KL 0.2000, mean beta 1\n")
     (tmp_path / "ref").write_text("a dog ran\nthe cat sat\n")
     (tmp_path / "know").write_text("do ##gs ran __knowledge__\ncats\n")
     args = ["--ref", str(tmp_path / "ref"), "--knowledge", str(tmp_path / "know"), "--resamples", "50",
-            "--wordpiece-detok", "--knowledge-drop-token", "__knowledge__", "--json", str(tmp_path / "e.json")]
+            "--wordpiece-detok", "--knowledge-drop-token", "__knowledge__", "--json", str(tmp_path / "e.json"),
+            "--markdown", str(tmp_path / "e.md")]
     assert effect_main(["--gen-out", f"plain={tmp_path / 'plain.out'}", "--gen-out", f"kid={tmp_path / 'kid.out'}",
                         *args]) == 0
     out = json.loads((tmp_path / "e.json").read_text())
@@ -105,6 +106,8 @@ def test_effect_cli_reads_fairseq_outputs(tmp_path: Path) -> None:
     # kF1 of "a dog ran" with "dogs ran": P 1/2, R 1/2 -> 0.5 on example 0 (0 on example 1): mean 25
     assert out["kid"]["kf1"] == pytest.approx(25.0)
     assert out["kid"]["delta"]["kf1"]["diff"] == pytest.approx(25.0)
+    kid_row = next(ln for ln in (tmp_path / "e.md").read_text().splitlines() if ln.startswith("| kid |"))
+    assert kid_row.split(" | ")[-2] == "0.2000"   # mean KL from the log next to the output
     (tmp_path / "short.out").write_text("H-0\t-1.0\ta dog\n")
     with pytest.raises(InputError, match="first missing id 1"):
         effect_main(["--gen-out", f"plain={tmp_path / 'plain.out'}", "--gen-out", f"s={tmp_path / 'short.out'}", *args])

@@ -90,7 +90,7 @@ def runs(shared_data: Path, tmp_path_factory) -> dict[str, dict]:
         dense = run_recipe("cmu_dog/generate_kid.sh", dict(
             env, RETRIEVER="dense", RETRIEVE_ARGS="--device cpu --threads 1 --max-length 64", HOPS="2", DECODERS="kid",
             APPEND_MD="1", METRICS_MD=str(out / "metrics.cmu_dog.sparse.k5.h4.md")))
-        return dict(work=work, out=out, tag="cmu_dog.sparse.k5", table=table, dense_table=dense)
+        return dict(work=work, out=out, tag="cmu_dog.sparse.k5", table=table, dense_table=dense, env=env)
 
     def wow() -> dict:
         work = root / "wow"
@@ -177,6 +177,29 @@ def test_dense_retriever_and_hops_get_their_own_files_and_row(runs: dict) -> Non
     assert [row.split(" | ")[0] for row in rows] == [
         f"| transformer_tiny {name}" for name in
         ("sample", "beam5", "kid.cmu_dog.sparse.k5.h4", "little.cmu_dog.sparse.k5", "kid.cmu_dog.dense.k5.h2")]
+
+
+def test_kid_effect_sweep(runs: dict) -> None:
+    """examples/common/kid_effect.sh: plain sampling and one KID run per RUNS entry, per-example
+    streams, one effect table; the sigma run spends KL = sigma on the rows it updates; a rerun
+    keeps every finished output."""
+    r = runs["cmu_dog"]
+    env = dict(r["env"], RUNS="sigma0.5 kv", RESAMPLES="50", DATASET_RECIPE=str(EXAMPLES / "cmu_dog" / "generate_kid.sh"))
+    run_recipe("common/kid_effect.sh", env)
+    effect = r["out"].parent / "kid_effect"
+    for name in ("sample", "kid.sigma0.5", "kid.kv"):
+        out = effect / f"test.{name}.out"
+        assert sorted(i for i, _ in hypotheses(out)) == list(range(len(lines(r["work"] / "tok" / "test.src"))))
+    assert "sampling: each example draws from its own stream" in (effect / "test.kid.sigma0.5.out.log").read_text()
+    result = json.loads((effect / "test.seed1.effect.json").read_text())
+    assert set(result) == {"plain", "sigma0.5", "kv"} and "changed" not in result["plain"]
+    assert all("delta" in result[run] and "changed" in result[run] for run in ("sigma0.5", "kv"))
+    table = (effect / "test.seed1.effect.md").read_text().splitlines()
+    sigma_row = next(row for row in table if row.startswith("| sigma0.5 |"))
+    assert sigma_row.split(" | ")[-2] == "0.5000"   # mean KL over updated rows, from the debug lines
+    mtimes = {p: p.stat().st_mtime_ns for p in effect.glob("*.out")}
+    rerun = run_recipe("common/kid_effect.sh", env)
+    assert rerun.count("kept ") == 3 and {p: p.stat().st_mtime_ns for p in effect.glob("*.out")} == mtimes
 
 
 def test_dpr_collection_stage(tmp_path: Path) -> None:

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# How much does KID change a fairseq dialogue model's output, and at what price? The effect-size
+# curve of issue 16 for any dataset recipe's model: plain top-p sampling and one KID run per entry
+# of RUNS, all with the same SEED and per-example random streams (SEED_SCOPE=example: an output
+# differs from plain sampling's only where KID changed that example's distributions), then one
+# table (analysis/kid_effect.py): knowledge F1, F1, ROUGE-L, Dist-2, words, share of outputs
+# changed, the paired bootstrap of each run minus plain sampling, and the decoder's own
+# measurements (mean KL(pi* || pi) over the rows it updated, read from the KID step debug lines
+# of each run's log, OUT.log).
+#   WORK=work/cmu_dog SUBSET=test_every6 bash examples/common/kid_effect.sh
+# Needs the tries of generate_kid.sh's stages retrieve and trie (same RETRIEVER, TOP_K, SUBSET) and
+# a trained CHECKPOINT. Every run is resumable: an output with a hypothesis for every example of
+# SUBSET is kept. Other generate_kid.sh variables (HOPS, KID_ARGS, BATCH_SIZE, ...) pass
+# through to every run; extra arguments go to every fairseq-generate call.
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+: "${WORK:?set WORK (the work folder of a dataset recipe)}"
+
+# --- options (override by environment) ------------------------------------------------------
+# RUNS: adam (Algorithm 1 at KID_LR/KID_STEPS, the paper's settings by default) | sigmaX (the
+# closed-form update at KL = X) | kv (the authors' release: perturbed cached keys/values) |
+# kvX (kv with step size X) | lrX (adam with step size X)
+RUNS="${RUNS:-adam sigma0.02 sigma0.1 sigma0.5 sigma2 kv}"
+SUBSET="${SUBSET:-test}"
+CONFIG="${CONFIG:-small}"
+CHECKPOINT="${CHECKPOINT:-$WORK/checkpoints/transformer_$CONFIG/checkpoint_best.pt}"
+OUT_DIR="${OUT_DIR:-$(dirname "$CHECKPOINT")/kid_effect}"
+SEED="${SEED:-1}"
+SEED_SCOPE="${SEED_SCOPE:-example}"
+TOK_DIR="${TOK_DIR:-$WORK/tok}"
+REFERENCE="${REFERENCE:-$TOK_DIR/$SUBSET.tgt}"
+KNOWLEDGE="${KNOWLEDGE:-$TOK_DIR/$SUBSET.knowledge}"
+KNOWLEDGE_SEPARATOR="${KNOWLEDGE_SEPARATOR-__knowledge__}"
+WORDPIECE="${WORDPIECE:-1}"
+RESAMPLES="${RESAMPLES:-2000}"
+DATASET_RECIPE="${DATASET_RECIPE:-$ROOT/examples/common/generate_kid.sh}"  # e.g. examples/cmu_dog/generate_kid.sh
+TABLE="${TABLE:-$OUT_DIR/$SUBSET.seed$SEED.effect.md}"
+# -------------------------------------------------------------------------------------------
+
+mkdir -p "$OUT_DIR"
+N_EXAMPLES="$(wc -l < "$TOK_DIR/$SUBSET.src")"
+complete() { [ -f "$1" ] && [ "$(grep -c '^H-' "$1")" = "$N_EXAMPLES" ]; }
+# decode NAME DECODER [VAR=VALUE ...]: one generate_kid.sh decode, skipped when complete
+decode() {
+  local name="$1" decoder="$2"; shift 2
+  local out="$OUT_DIR/$SUBSET.$name.out"
+  if complete "$out"; then echo "kept $out"; return; fi
+  # shellcheck disable=SC2068
+  env "$@" WORK="$WORK" SUBSET="$SUBSET" CHECKPOINT="$CHECKPOINT" OUT_DIR="$OUT_DIR" SEED="$SEED" \
+    SEED_SCOPE="$SEED_SCOPE" STAGES=decode DECODERS="$decoder" KID_NAME="$name" LOGLEVEL=DEBUG \
+    bash "$DATASET_RECIPE" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} 2> "$out.log"   # the log: KID step lines
+  complete "$out" || { echo "decoding $name did not finish: $out" >&2; exit 1; }
+}
+EXTRA_ARGS=("$@")
+
+decode sample sample
+gen_out=(--gen-out "plain=$OUT_DIR/$SUBSET.sample.out")
+for run in $RUNS; do
+  case "$run" in
+    adam)    vars=(KID_SOLVER=adam) ;;
+    lr*)     vars=(KID_SOLVER=adam "KID_LR=${run#lr}") ;;
+    sigma*)  vars=(KID_SOLVER=sigma "KID_SIGMA=${run#sigma}") ;;
+    kv)      vars=(KID_SOLVER=kv) ;;
+    kv*)     vars=(KID_SOLVER=kv "KID_KV_STEP=${run#kv}") ;;
+    *) echo "unknown run '$run' in RUNS (adam | lrX | sigmaX | kv | kvX)" >&2; exit 1 ;;
+  esac
+  decode "kid.$run" kid "${vars[@]}"
+  gen_out+=(--gen-out "$run=$OUT_DIR/$SUBSET.kid.$run.out")
+done
+
+metric_args=(--ref "$REFERENCE" --knowledge "$KNOWLEDGE" --resamples "$RESAMPLES" --markdown "$TABLE"
+             --json "${TABLE%.md}.json")
+[ "$WORDPIECE" = 1 ] && metric_args+=(--wordpiece-detok)
+[ -n "$KNOWLEDGE_SEPARATOR" ] && metric_args+=(--knowledge-drop-token "$KNOWLEDGE_SEPARATOR")
+python3 -m analysis.kid_effect "${gen_out[@]}" "${metric_args[@]}"
+echo "wrote $TABLE"
