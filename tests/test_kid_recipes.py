@@ -180,26 +180,30 @@ def test_dense_retriever_and_hops_get_their_own_files_and_row(runs: dict) -> Non
 
 
 def test_kid_effect_sweep(runs: dict) -> None:
-    """examples/common/kid_effect.sh: plain sampling and one KID run per RUNS entry, per-example
-    streams, one effect table; the sigma run spends KL = sigma on the rows it updates; a rerun
-    keeps every finished output."""
+    """examples/common/kid_effect.sh: plain sampling, one KID run per RUNS entry and the knowledge
+    in the prompt, per-example streams, one effect table; the sigma run spends KL = sigma on the
+    rows it updates; a rerun keeps every finished output."""
     r = runs["cmu_dog"]
     env = dict(r["env"], RUNS="sigma0.5 kv", RESAMPLES="50", DATASET_RECIPE=str(EXAMPLES / "cmu_dog" / "generate_kid.sh"))
     run_recipe("common/kid_effect.sh", env)
     effect = r["out"].parent / "kid_effect"
-    for name in ("sample", "kid.sigma0.5", "kid.kv"):
-        out = effect / f"test.{name}.out"
+    for name in ("test.sample", "test.kid.sigma0.5", "test.kid.kv", "test_kprompt.sample"):
+        out = effect / f"{name}.out"
         assert sorted(i for i, _ in hypotheses(out)) == list(range(len(lines(r["work"] / "tok" / "test.src"))))
     assert "sampling: each example draws from its own stream" in (effect / "test.kid.sigma0.5.out.log").read_text()
     result = json.loads((effect / "test.seed1.effect.json").read_text())
-    assert set(result) == {"plain", "sigma0.5", "kv"} and "changed" not in result["plain"]
-    assert all("delta" in result[run] and "changed" in result[run] for run in ("sigma0.5", "kv"))
+    assert set(result) == {"plain", "sigma0.5", "kv", "in_prompt"} and "changed" not in result["plain"]
+    assert all("delta" in result[run] and "changed" in result[run] for run in ("sigma0.5", "kv", "in_prompt"))
+    # in_prompt: the first 64 knowledge tokens as an earlier turn of every context
+    prompts, contexts = lines(r["work"] / "tok" / "test_kprompt.src"), lines(r["work"] / "tok" / "test.src")
+    knowledge = lines(r["work"] / "tok" / "test.knowledge")
+    assert prompts[0] == " ".join(knowledge[0].split()[:64]) + " __eou__ " + contexts[0]
     table = (effect / "test.seed1.effect.md").read_text().splitlines()
     sigma_row = next(row for row in table if row.startswith("| sigma0.5 |"))
     assert sigma_row.split(" | ")[-2] == "0.5000"   # mean KL over updated rows, from the debug lines
     mtimes = {p: p.stat().st_mtime_ns for p in effect.glob("*.out")}
     rerun = run_recipe("common/kid_effect.sh", env)
-    assert rerun.count("kept ") == 3 and {p: p.stat().st_mtime_ns for p in effect.glob("*.out")} == mtimes
+    assert rerun.count("kept ") == 4 and {p: p.stat().st_mtime_ns for p in effect.glob("*.out")} == mtimes
 
 
 def test_dpr_collection_stage(tmp_path: Path) -> None:

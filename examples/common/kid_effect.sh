@@ -6,7 +6,8 @@
 # table (analysis/kid_effect.py): knowledge F1, F1, ROUGE-L, Dist-2, words, share of outputs
 # changed, the paired bootstrap of each run minus plain sampling, and the decoder's own
 # measurements (mean KL(pi* || pi) over the rows it updated, read from the KID step debug lines
-# of each run's log, OUT.log).
+# of each run's log, OUT.log); with IN_PROMPT=1 (default) also plain sampling with the same
+# knowledge put in the prompt, the simplest alternative a user has.
 #   WORK=work/cmu_dog SUBSET=test_every6 bash examples/common/kid_effect.sh
 # Needs the tries of generate_kid.sh's stages retrieve and trie (same RETRIEVER, TOP_K, SUBSET) and
 # a trained CHECKPOINT. Every run is resumable: an output with a hypothesis for every example of
@@ -32,6 +33,12 @@ KNOWLEDGE="${KNOWLEDGE:-$TOK_DIR/$SUBSET.knowledge}"
 KNOWLEDGE_SEPARATOR="${KNOWLEDGE_SEPARATOR-__knowledge__}"
 WORDPIECE="${WORDPIECE:-1}"
 RESAMPLES="${RESAMPLES:-2000}"
+IN_PROMPT="${IN_PROMPT:-1}"                       # 1: also the simplest alternative, the knowledge in the prompt:
+                                                  #   plain sampling on "knowledge TURN_SEPARATOR context" (split
+                                                  #   SUBSET_kprompt, data_prep/corpora/knowledge_prompt.py), run in_prompt
+PROMPT_KNOWLEDGE_TOKENS="${PROMPT_KNOWLEDGE_TOKENS:-64}"   # the first N tokens of each example's KNOWLEDGE
+TURN_SEPARATOR="${TURN_SEPARATOR:-__eou__}"       # the token between turns in the contexts
+DATA_BIN="${DATA_BIN:-$WORK/data-bin}"
 DATASET_RECIPE="${DATASET_RECIPE:-$ROOT/examples/common/generate_kid.sh}"  # e.g. examples/cmu_dog/generate_kid.sh
 TABLE="${TABLE:-$OUT_DIR/$SUBSET.seed$SEED.effect.md}"
 # -------------------------------------------------------------------------------------------
@@ -39,13 +46,15 @@ TABLE="${TABLE:-$OUT_DIR/$SUBSET.seed$SEED.effect.md}"
 mkdir -p "$OUT_DIR"
 N_EXAMPLES="$(wc -l < "$TOK_DIR/$SUBSET.src")"
 complete() { [ -f "$1" ] && [ "$(grep -c '^H-' "$1")" = "$N_EXAMPLES" ]; }
-# decode NAME DECODER [VAR=VALUE ...]: one generate_kid.sh decode, skipped when complete
+# decode NAME DECODER [VAR=VALUE ...]: one generate_kid.sh decode of SUBSET (or of the split
+# VAR SPLIT=...), skipped when complete; the output is OUT_DIR/SPLIT.NAME.out (sample: SPLIT.sample.out)
 decode() {
-  local name="$1" decoder="$2"; shift 2
-  local out="$OUT_DIR/$SUBSET.$name.out"
+  local name="$1" decoder="$2" split="$SUBSET"; shift 2
+  for var in "$@"; do [[ "$var" == SPLIT=* ]] && split="${var#SPLIT=}"; done
+  local out="$OUT_DIR/$split.$name.out"
   if complete "$out"; then echo "kept $out"; return; fi
   # shellcheck disable=SC2068
-  env "$@" WORK="$WORK" SUBSET="$SUBSET" CHECKPOINT="$CHECKPOINT" OUT_DIR="$OUT_DIR" SEED="$SEED" \
+  env "$@" WORK="$WORK" SUBSET="$split" CHECKPOINT="$CHECKPOINT" OUT_DIR="$OUT_DIR" SEED="$SEED" \
     SEED_SCOPE="$SEED_SCOPE" STAGES=decode DECODERS="$decoder" KID_NAME="$name" LOGLEVEL=DEBUG \
     bash "$DATASET_RECIPE" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} 2> "$out.log"   # the log: KID step lines
   complete "$out" || { echo "decoding $name did not finish: $out" >&2; exit 1; }
@@ -66,6 +75,20 @@ for run in $RUNS; do
   decode "kid.$run" kid "${vars[@]}"
   gen_out+=(--gen-out "$run=$OUT_DIR/$SUBSET.kid.$run.out")
 done
+if [ "$IN_PROMPT" = 1 ]; then
+  prompt_split="${SUBSET}_kprompt"
+  if [ ! -f "$DATA_BIN/$prompt_split.src-tgt.src.bin" ]; then
+    drop=()
+    [ -n "$KNOWLEDGE_SEPARATOR" ] && drop=(--drop-token "$KNOWLEDGE_SEPARATOR")
+    python3 -m data_prep.corpora.knowledge_prompt --src "$TOK_DIR/$SUBSET.src" --knowledge "$KNOWLEDGE" \
+      --output "$TOK_DIR/$prompt_split.src" --max-knowledge-tokens "$PROMPT_KNOWLEDGE_TOKENS" \
+      --separator "$TURN_SEPARATOR" "${drop[@]}"
+    cp "$TOK_DIR/$SUBSET.tgt" "$TOK_DIR/$prompt_split.tgt"
+    binarise_split "$TOK_DIR/$prompt_split" "$DATA_BIN" "$prompt_split"
+  fi
+  decode sample sample SPLIT="$prompt_split"
+  gen_out+=(--gen-out "in_prompt=$OUT_DIR/$prompt_split.sample.out")
+fi
 
 metric_args=(--ref "$REFERENCE" --knowledge "$KNOWLEDGE" --resamples "$RESAMPLES" --markdown "$TABLE"
              --json "${TABLE%.md}.json")
