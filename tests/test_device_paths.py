@@ -1,6 +1,7 @@
 """Every tensor path on every device: the KI hinge loss, the ND losses and the fused
 soft-unlikelihood kernel (with the device's block size), KID's Adam policy update, the
-sigma-solver, a KIDCore step and (when present) the KV-cache perturbation, plus the faiss
+sigma-solver, a KIDCore step, the per-example sampling draw and (when present) the KV-cache
+perturbation, plus the faiss
 GPU/CPU choice of the KI index and the KID dense retriever and their torch encoders.
 
 Each test takes the ``device`` fixture (tests/conftest.py): it runs on the CPU, and on CUDA
@@ -387,6 +388,21 @@ def test_kid_core_step_stays_on_the_device(device, solver, toy_store) -> None:
         expected = sigma_solve(lp, 0.2, demo_mask=mask).log_probs
     _close(res.log_probs, expected.double())
     assert res.updated.cpu().tolist() == [True, True, True, True, False, False]
+
+
+def test_example_seeded_draws_are_the_same_on_every_device(device) -> None:
+    """--sampling-seed-scope example: the inverse-CDF draw on the device's probabilities gives the
+    CPU's indices, on the device (the uniforms are made on the CPU and moved)."""
+    from informative_dialogue.paired_sampling import example_uniforms, inverse_cdf_sample
+
+    probs = torch.softmax(torch.randn(5, 40, generator=torch.Generator().manual_seed(3)), dim=-1)
+    probs[:, 7] = 0.0
+    probs[3] = probs[0]                       # rows 0 and 3: example 4 with the same distribution
+    u = example_uniforms(9, [4, 0, 17, 4, 2], step=3, draws=2)
+    got = inverse_cdf_sample(probs.to(device), u)
+    assert got.device.type == torch.device(device).type
+    assert got.cpu().tolist() == inverse_cdf_sample(probs, u).tolist()
+    assert got[0].tolist() == got[3].tolist() and 7 not in got.view(-1).tolist()
 
 
 def test_kv_perturbation_on_a_toy_step_fn(device) -> None:
