@@ -58,7 +58,7 @@ def changed_share(hypotheses: Sequence[str], baseline: Sequence[str]) -> float:
 
 
 _KID_STEP = re.compile(r"KID step: (\d+)/(\d+) rows updated, mean KL ([-+0-9.eE]+|nan)")
-_KID_KV_STEP = re.compile(r"KID kv step: (\d+)/(\d+) rows updated")
+_KID_KV_STEP = re.compile(r"KID kv step: (\d+)/(\d+) rows updated(?:, mean KL ([-+0-9.eE]+|nan))?")
 
 
 def kid_step_stats(lines: Sequence[str]) -> Dict[str, Any]:
@@ -69,16 +69,13 @@ def kid_step_stats(lines: Sequence[str]) -> Dict[str, Any]:
     rows = updated = 0
     kl_sum, kl_lines = 0.0, 0
     for line in lines:
-        m = _KID_STEP.search(line)
-        if m:
-            up, n = int(m.group(1)), int(m.group(2))
+        m = _KID_STEP.search(line) or _KID_KV_STEP.search(line)
+        if not m:
+            continue
+        up, n = int(m.group(1)), int(m.group(2))
+        if m.group(3) is not None:
             kl_sum += up * float(m.group(3)) if up else 0.0
             kl_lines += 1
-        else:
-            m = _KID_KV_STEP.search(line)
-            if not m:
-                continue
-            up, n = int(m.group(1)), int(m.group(2))
         rows += n
         updated += up
     if not rows:

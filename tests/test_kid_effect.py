@@ -84,7 +84,10 @@ def test_kid_step_stats_from_debug_lines() -> None:
     assert (kid["rows"], kid["updated"]) == (16, 8) and kid["updated_share"] == pytest.approx(0.5)
     assert kid["kl_mean_updated"] == pytest.approx((2 * 0.03 + 6 * 0.01) / 8)   # weighted by rows updated
     kv = kid_step_stats(["x | KID kv step: 3/4 rows updated, mean demonstration mass 0.1000"])["kid"]
-    assert kv == {"rows": 4, "updated": 3, "updated_share": 0.75}
+    assert kv == {"rows": 4, "updated": 3, "updated_share": 0.75}   # an older log: no KL
+    kv = kid_step_stats(["x | KID kv step: 3/4 rows updated, mean KL 0.0400, mean demonstration mass 0.1000",
+                         "x | KID kv step: 1/4 rows updated, mean KL 0.0800, mean demonstration mass 0.1000"])["kid"]
+    assert kv["kl_mean_updated"] == pytest.approx((3 * 0.04 + 0.08) / 4)
     assert kid_step_stats(["H-0\t-1.0\tx"]) == {}
 
 

@@ -9,6 +9,8 @@ demonstrations' mass rises; the model is untouched. Then the flags through fairs
 and the recipe."""
 from __future__ import annotations
 
+import logging
+
 import argparse
 from pathlib import Path
 from typing import Dict, List
@@ -177,6 +179,23 @@ def test_kept_cache_is_cache_plus_delta_and_output_the_mixture(big_run) -> None:
         for dk, dv in upd.deltas:
             assert not dk[no_demo].any() and not dv[no_demo].any()
     assert checked >= 3
+
+
+def test_debug_line_reports_the_kl_of_the_mixture(dictionary, norm, setup, recorder, caplog) -> None:  # noqa: F811
+    """The KID kv step debug line (read by kid-effect): rows updated and the mean KL(p || mixture)
+    over them, the KL recomputed here from the step's plain and returned distributions."""
+    model, sample = setup
+    core = make_core(dictionary, norm, toy_tries(norm), solver="kv", **BIG_STEP)
+    recorder.clear()
+    with caplog.at_level(logging.DEBUG, logger="fairseq_plugins.generation.kv_state"):
+        _, log = recorded_decode(model, dictionary, sample, core)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("KID kv step:")]
+    entries = [e for e in log[1:] if e["call"] is not None and bool(e["call"]["upd"].updated.any())]
+    assert len(lines) == len(entries) >= 3
+    for line, entry in zip(lines, entries):
+        up, plain = entry["call"]["upd"].updated, entry["call"]["plain"]
+        kl = (plain[up].exp() * (plain[up] - entry["out"][up])).sum(-1).mean()
+        assert line.startswith(f"KID kv step: {int(up.sum())}/{up.numel()} rows updated, mean KL {float(kl):.4f},")
 
 
 def test_the_update_raises_the_demonstrations_mass(big_run, plain_beam) -> None:

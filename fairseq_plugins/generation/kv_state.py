@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from informative_dialogue.kid.kv_update import geometric_mix, kv_perturbation
+from informative_dialogue.kid.kv_update import geometric_mix, kl_divergence, kv_perturbation
 from informative_dialogue.kid.options import KIDOptions
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,10 @@ class KVDecoderState:
         if len(kept) != 1:
             raise RuntimeError("KID kv: kv_perturbation returned log-probs without a final call of step_fn")
         self.state = kept[0]  # cache + Δ for good, then the newest token
+        mixed = geometric_mix(upd.log_probs, plain_log_probs, o.kv_mix, upd.updated)
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("KID kv step: %d/%d rows updated, mean demonstration mass %.4f", int(upd.updated.sum()), n,
-                         float(upd.demo_mass[upd.updated].mean()))
-        return geometric_mix(upd.log_probs, plain_log_probs, o.kv_mix, upd.updated)
+            up = upd.updated
+            logger.debug("KID kv step: %d/%d rows updated, mean KL %.4f, mean demonstration mass %.4f", int(up.sum()), n,
+                         float(kl_divergence(plain_log_probs[up], mixed[up]).mean()) if bool(up.any()) else 0.0,
+                         float(upd.demo_mass[up].mean()))
+        return mixed
