@@ -201,6 +201,8 @@ def test_kid_effect_sweep(runs: dict) -> None:
     table = (effect / "test.seed1.effect.md").read_text().splitlines()
     sigma_row = next(row for row in table if row.startswith("| sigma0.5 |"))
     assert sigma_row.split(" | ")[-2] == "0.5000"   # mean KL over updated rows, from the debug lines
+    kv_row = next(row for row in table if row.startswith("| kv |"))
+    assert float(kv_row.split(" | ")[-2]) > 0       # the kv mode's KL(p || mixture), from its debug lines
     mtimes = {p: p.stat().st_mtime_ns for p in effect.glob("*.out")}
     rerun = run_recipe("common/kid_effect.sh", env)
     assert rerun.count("kept ") == 4 and {p: p.stat().st_mtime_ns for p in effect.glob("*.out")} == mtimes
