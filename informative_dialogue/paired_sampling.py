@@ -7,14 +7,15 @@ example's output changes length, the rows of the batch shift and every later dra
 other example changes too, so "share of outputs changed" counts examples the method never
 touched.
 
-Here the draws of example ``i`` at step ``t`` are ``D`` uniforms of a stream seeded by
-``(seed, i, t)`` only (:func:`example_uniforms`), and a token is drawn from a (possibly
-truncated, unnormalised) distribution by inverse-CDF (:func:`inverse_cdf_sample`): the first
-token whose cumulative mass exceeds ``u`` times the total. The draw is an exact sample of the
-distribution, and two runs whose distributions for an example agree at every step give that
-example the same tokens whatever else is in the batch. (Inverse-CDF with shared uniforms is
-also the coupling under which slightly different distributions most often give the same
-token.) The fairseq search that uses it is
+Here the draw of example ``i`` at step ``t`` is a Gumbel-max draw (:func:`gumbel_max_sample`):
+the token with the largest ``log p(token) + G(token)``, where the noise ``G`` of every token
+comes from uniforms of a stream seeded by ``(seed, i, t)`` only (:func:`example_uniforms`). The
+draw is an exact sample of the (possibly truncated, unnormalised) distribution, and it is the
+coupling under which two nearby distributions most often give the same token: a token entering or
+leaving a top-p nucleus, or a small change of the probabilities, moves the draw only where it
+changes the winner (an inverse-CDF draw with one shared uniform moves whenever the cumulative
+mass before the drawn token shifts by more than the distance to a boundary, which truncation of
+a flat tail does for most draws). The fairseq search that uses it is
 :class:`fairseq_plugins.generation.paired_sampling.ExampleSeededSampling`.
 
 Only the standard library, numpy and torch are imported.
@@ -27,54 +28,50 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["example_uniforms", "inverse_cdf_sample"]
+__all__ = ["example_uniforms", "gumbel_max_sample"]
 
 
-def example_uniforms(seed: int, example_ids: Sequence[int], step: int, draws: int) -> Tensor:
+def example_uniforms(seed: int, example_ids: Sequence[int], step: int, shape: Sequence[int]) -> Tensor:
     """Uniforms in [0, 1) that depend on ``(seed, example id, step)`` only.
 
     Args:
         seed: the run's seed (non-negative).
         example_ids: (R,) the example of each row (dataset index).
         step: the decoding step (non-negative).
-        draws: uniforms per row.
+        shape: the uniforms of one row, e.g. (draws, vocab).
 
     Returns:
-        (R, draws) float64 tensor on the CPU; row r is the first ``draws`` numbers of the
-        stream of ``(seed, example_ids[r], step)`` (numpy's SeedSequence mixes the three).
+        (R, *shape) float64 tensor on the CPU; row r is the first numbers of the stream of
+        ``(seed, example_ids[r], step)`` (numpy's SeedSequence mixes the three), in C order.
     """
-    if seed < 0 or step < 0 or draws < 1:
-        raise ValueError(f"example_uniforms: seed {seed} and step {step} must be >= 0 and draws {draws} >= 1")
-    out = np.empty((len(example_ids), draws), dtype=np.float64)
+    shape = tuple(int(n) for n in shape)
+    if seed < 0 or step < 0 or any(n < 1 for n in shape):
+        raise ValueError(f"example_uniforms: seed {seed} and step {step} must be >= 0 and shape {shape} positive")
+    out = np.empty((len(example_ids),) + shape, dtype=np.float64)
     for row, example in enumerate(example_ids):
         if example < 0:
             raise ValueError(f"example_uniforms: example id {example} is negative")
-        out[row] = np.random.default_rng([int(seed), int(example), int(step)]).random(draws)
+        out[row] = np.random.default_rng([int(seed), int(example), int(step)]).random(shape)
     return torch.from_numpy(out)
 
 
-def inverse_cdf_sample(probs: Tensor, uniforms: Tensor) -> Tensor:
-    """Draw token indices from unnormalised distributions by inverse-CDF.
+def gumbel_max_sample(probs: Tensor, uniforms: Tensor) -> Tensor:
+    """Draw token indices from unnormalised distributions by Gumbel-max.
 
     Args:
         probs: (R, V) non-negative masses (rows need not sum to 1; zeros are never drawn);
             every row must have positive mass.
-        uniforms: (R, D) numbers in [0, 1), D draws per row.
+        uniforms: (R, D, V) numbers in [0, 1): D draws per row, one number per token.
 
     Returns:
-        (R, D) int64 indices on ``probs``' device: the first index whose cumulative mass
-        exceeds ``u x`` the row's total mass.
+        (R, D) int64 indices on ``probs``' device: ``argmax_v log probs[r, v] - log(-log u[r, d, v])``.
     """
-    if probs.dim() != 2 or uniforms.dim() != 2 or probs.size(0) != uniforms.size(0):
-        raise ValueError(f"inverse_cdf_sample: probs {tuple(probs.shape)} and uniforms {tuple(uniforms.shape)} "
-                         "must be (R, V) and (R, D)")
-    cumulative = probs.double().cumsum(dim=1)                                  # (R, V)
-    total = cumulative[:, -1:]
-    if not bool((total > 0).all()):
-        raise ValueError("inverse_cdf_sample: a row has no probability mass")
-    targets = uniforms.to(device=probs.device, dtype=torch.float64) * total    # (R, D)
-    index = torch.searchsorted(cumulative, targets, right=True)                # (R, D)
-    # rounding can put the target at the total: take the last token with mass instead
-    positive = probs > 0
-    last_positive = probs.size(1) - 1 - positive.flip(dims=[1]).to(torch.int64).argmax(dim=1, keepdim=True)
-    return torch.minimum(index, last_positive)
+    if probs.dim() != 2 or uniforms.dim() != 3 or uniforms.shape[0] != probs.shape[0] \
+            or uniforms.shape[2] != probs.shape[1]:
+        raise ValueError(f"gumbel_max_sample: probs {tuple(probs.shape)} and uniforms {tuple(uniforms.shape)} "
+                         "must be (R, V) and (R, D, V)")
+    if not bool((probs.sum(dim=1) > 0).all()):
+        raise ValueError("gumbel_max_sample: a row has no probability mass")
+    u = uniforms.to(device=probs.device, dtype=torch.float64).clamp(min=1e-300)
+    gumbel = -torch.log(-torch.log(u))                                          # (R, D, V)
+    return (probs.double().log().unsqueeze(1) + gumbel).argmax(dim=2)           # (R, D)

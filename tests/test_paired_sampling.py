@@ -3,6 +3,7 @@ generator decoding each example the same whatever else is in its batch."""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import List
 
 import pytest
@@ -13,7 +14,7 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from informative_dialogue.kid.trie import KnowledgeTrie, WordNormalizer
 from informative_dialogue.kid.trie_files import TrieExample
-from informative_dialogue.paired_sampling import example_uniforms, inverse_cdf_sample
+from informative_dialogue.paired_sampling import example_uniforms, gumbel_max_sample
 from fairseq_plugins.generation.kid_generator import KIDSequenceGenerator
 from fairseq_plugins.generation.paired_sampling import ExampleSeededSampling, apply_sampling_seed_scope
 from fairseq_plugins.tasks.knowledge_dialog import KnowledgeDialogConfig
@@ -23,37 +24,37 @@ from fairseq.data import Dictionary
 
 # --- the core draw ---------------------------------------------------------------------------
 def test_uniforms_depend_on_seed_example_and_step_only() -> None:
-    a = example_uniforms(7, [3, 5, 3], step=2, draws=4)
+    a = example_uniforms(7, [3, 5, 3], step=2, shape=(4,))
     assert a.shape == (3, 4) and a.dtype == torch.float64
     assert bool(((a >= 0) & (a < 1)).all())
     assert torch.equal(a[0], a[2])                       # same example, same numbers
     assert not torch.equal(a[0], a[1])                   # another example
-    assert torch.equal(example_uniforms(7, [5], 2, 4)[0], a[1])   # row position does not matter
-    assert not torch.equal(example_uniforms(7, [3], 3, 4)[0], a[0])   # another step
-    assert not torch.equal(example_uniforms(8, [3], 2, 4)[0], a[0])   # another seed
-    assert torch.equal(example_uniforms(7, [3], 2, 2)[0], a[0, :2])   # a prefix of the same stream
+    assert torch.equal(example_uniforms(7, [5], 2, (4,))[0], a[1])   # row position does not matter
+    assert not torch.equal(example_uniforms(7, [3], 3, (4,))[0], a[0])   # another step
+    assert not torch.equal(example_uniforms(8, [3], 2, (4,))[0], a[0])   # another seed
+    assert torch.equal(example_uniforms(7, [3], 2, (2, 2))[0].reshape(-1), a[0])   # C order of one stream
     with pytest.raises(ValueError, match="negative"):
-        example_uniforms(7, [-1], 0, 1)
+        example_uniforms(7, [-1], 0, (1,))
 
 
-def test_inverse_cdf_by_hand() -> None:
+def test_gumbel_max_by_hand() -> None:
     probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]])
-    u = torch.tensor([[0.1, 0.2, 0.69, 0.71, 0.999]])
-    # cumulative 0.2, 0.2, 0.7, 1.0: the first index whose cumulative mass exceeds u
-    assert inverse_cdf_sample(probs, u).tolist() == [[0, 2, 2, 3, 3]]
-    assert inverse_cdf_sample(probs * 4, u).tolist() == [[0, 2, 2, 3, 3]]   # unnormalised masses
-    # u = 0 never draws a leading token without mass
-    assert inverse_cdf_sample(torch.tensor([[0.0, 0.25, 0.75]]), torch.tensor([[0.0, 0.5]])).tolist() == [[1, 2]]
-    # a target at the total (rounding) takes the last token with mass, never a zero after it
-    assert inverse_cdf_sample(torch.tensor([[0.5, 0.5, 0.0, 0.0]]), torch.tensor([[1.0]])).tolist() == [[1]]
+    even = torch.full((1, 1, 4), 0.5)
+    assert gumbel_max_sample(probs, even).tolist() == [[2]]              # equal noise: the most probable
+    g = lambda u: -math.log(-math.log(u))  # noqa: E731
+    # token 0 wins when its noise beats token 2's by more than log(0.5 / 0.2)
+    u = torch.tensor([[[0.999, 0.5, 0.5, 0.5], [0.7, 0.5, 0.5, 0.5], [0.5, 0.999999, 0.5, 0.5]]])
+    assert g(0.999) - g(0.5) > math.log(2.5) > g(0.7) - g(0.5)
+    assert gumbel_max_sample(probs, u).tolist() == [[0, 2, 2]]          # a zero-mass token never wins
+    assert gumbel_max_sample(probs * 4, u).tolist() == [[0, 2, 2]]      # unnormalised masses
     with pytest.raises(ValueError, match="no probability mass"):
-        inverse_cdf_sample(torch.zeros(1, 3), torch.tensor([[0.5]]))
+        gumbel_max_sample(torch.zeros(1, 3), torch.full((1, 1, 3), 0.5))
 
 
-def test_inverse_cdf_draws_follow_the_distribution() -> None:
+def test_gumbel_max_draws_follow_the_distribution() -> None:
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
-    u = example_uniforms(1, list(range(20000)), 0, 1)                       # (20000, 1)
-    draws = inverse_cdf_sample(probs.expand(20000, 4), u).view(-1)
+    u = example_uniforms(1, list(range(20000)), 0, (1, 4))                  # (20000, 1, 4)
+    draws = gumbel_max_sample(probs.expand(20000, 4), u).view(-1)
     freq = torch.bincount(draws, minlength=4).double() / 20000
     assert freq[1] == 0
     assert torch.allclose(freq, probs.double(), atol=0.012)
@@ -80,10 +81,13 @@ def outputs(gen: SequenceGenerator, model, d: Dictionary, sentences: List[str], 
 
 
 def seeded(d: Dictionary, topp: float = -1.0, seed: int = 5) -> ExampleSeededSampling:
+    """topp -2: top-k 5 instead."""
+    if topp == -2.0:
+        return ExampleSeededSampling(d, sampling_topk=5, sampling_topp=-1.0, seed=seed)
     return ExampleSeededSampling(d, sampling_topk=-1, sampling_topp=topp, seed=seed)
 
 
-@pytest.mark.parametrize("beam,topp", [(1, -1.0), (1, 0.9), (2, -1.0)])
+@pytest.mark.parametrize("beam,topp", [(1, -1.0), (1, 0.9), (2, -1.0), (1, -2.0)])
 def test_an_example_decodes_the_same_alone_or_in_any_batch(model_and_dict, beam: int, topp: float) -> None:
     model, d = model_and_dict
     gen = SequenceGenerator([model], d, beam_size=beam, max_len_b=10, search_strategy=seeded(d, topp))
@@ -95,6 +99,38 @@ def test_an_example_decodes_the_same_alone_or_in_any_batch(model_and_dict, beam:
     assert together == reordered == alone
     other_seed = SequenceGenerator([model], d, beam_size=beam, max_len_b=10, search_strategy=seeded(d, topp, seed=6))
     assert outputs(other_seed, model, d, SENTS, [0, 1, 2, 3]) != together
+
+
+@pytest.mark.parametrize("topp", [0.9, -1.0])
+def test_a_small_change_of_a_flat_distribution_rarely_moves_the_draw(topp: float) -> None:
+    """The coupling the comparison relies on: with a flat distribution (many near-ties, a top-p
+    nucleus whose edge moves) and a small perturbation, the draw of an example changes about as
+    often as the total variation distance says (~1 %), not whenever the tail or the sort order
+    moves (an inverse-CDF draw changed 94 % of them here)."""
+    from fairseq.data import Dictionary as D
+
+    d = D()
+    for i in range(400):
+        d.add_symbol(f"w{i}")
+    gen = torch.Generator().manual_seed(0)
+    logits = 0.01 * torch.randn(1, 1, len(d), generator=gen)
+    perturbed = logits + 0.02 * torch.randn(1, 1, len(d), generator=gen)
+    p, q = torch.log_softmax(logits, -1), torch.log_softmax(perturbed, -1)
+    tv = 0.5 * float((p.exp() - q.exp()).abs().sum())
+    search_ = seeded(d, topp)
+    n = 1000
+    ids = torch.arange(n)
+    draw_p = search_.step(0, p.expand(n, 1, -1).clone(), torch.zeros(n, 1, 0), None, ids)[1]
+    draw_q = search_.step(0, q.expand(n, 1, -1).clone(), torch.zeros(n, 1, 0), None, ids)[1]
+    changed = float((draw_p != draw_q).float().mean())
+    moved = 0.0  # the mass of the tokens that enter or leave the nucleus: a draw may follow them
+    if topp > 0:
+        def nucleus(lp: torch.Tensor) -> set:
+            sorted_p, order = lp.exp().view(-1).sort(descending=True)
+            keep = int((sorted_p.cumsum(0) < topp).sum()) + 1
+            return set(order[:keep].tolist())
+        moved = float(p.exp().view(-1)[sorted(nucleus(p) ^ nucleus(q))].sum()) / topp
+    assert tv < 0.01 and changed < tv + moved + 0.03, (tv, moved, changed)
 
 
 def test_kid_changes_only_the_examples_with_knowledge(model_and_dict) -> None:

@@ -12,8 +12,10 @@ then depends on its own distributions only: plain sampling and KID with the same
 exactly on the examples KID changed, whatever the batch size, and ``--kid-steps 0`` still gives
 plain sampling's tokens.
 
-Top-k / top-p truncation and the score bookkeeping are fairseq's; only the draw differs
-(inverse-CDF over the truncated, sorted distribution instead of ``torch.multinomial``).
+Top-k / top-p truncation and the score bookkeeping are fairseq's; only the draw differs: a
+Gumbel-max draw over the kept tokens with per-token noise of the example's stream, instead of
+``torch.multinomial`` (see :mod:`informative_dialogue.paired_sampling` for why not an
+inverse-CDF draw).
 """
 # no ``from __future__ import annotations``: fairseq reads the field types at run time
 import logging
@@ -25,7 +27,7 @@ from torch import Tensor
 
 from fairseq import search
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from informative_dialogue.paired_sampling import example_uniforms, inverse_cdf_sample
+from informative_dialogue.paired_sampling import example_uniforms, gumbel_max_sample
 
 logger = logging.getLogger(__name__)
 
@@ -80,25 +82,26 @@ class ExampleSeededSampling(search.Sampling):
         if step == 0:
             # at the first step all hypotheses are equally likely: use the first beam only
             lprobs = lprobs[:, ::beam_size, :].contiguous()
-        top_indices: Optional[Tensor] = None
+        full_shape = lprobs.shape                                      # (bsz, beam or 1, V)
         if self.sampling_topp > 0:
-            probs, top_indices = self._sample_topp(lprobs)
+            kept, kept_indices = self._sample_topp(lprobs)          # sorted by probability, tail zeroed
         elif self.sampling_topk > 0:
-            lprobs, top_indices = lprobs.topk(self.sampling_topk)
-            probs = lprobs.exp_()
+            lprobs, kept_indices = lprobs.topk(self.sampling_topk)
+            kept = lprobs.exp_()
         else:
-            probs = lprobs.exp_()
-        uniforms = example_uniforms(self.seed, original_batch_idxs.tolist(), step, beam_size)  # (bsz, beam)
+            kept, kept_indices = lprobs.exp_(), None
+        if kept_indices is not None:  # back to vocabulary order: token v meets its own noise
+            kept = kept.new_zeros(full_shape).scatter_(2, kept_indices, kept)
+        rows, vocab = kept.size(0) * kept.size(1), kept.size(2)
+        # (bsz, beam, V): per example, step and beam slot one uniform per token
+        uniforms = example_uniforms(self.seed, original_batch_idxs.tolist(), step, (beam_size, vocab))
         if step == 0:
-            indices_buf = inverse_cdf_sample(probs.view(bsz, -1), uniforms)
+            indices_buf = gumbel_max_sample(kept.view(bsz, -1), uniforms)
         else:
-            indices_buf = inverse_cdf_sample(probs.view(bsz * beam_size, -1), uniforms.view(-1, 1)).view(bsz, beam_size)
+            indices_buf = gumbel_max_sample(kept.view(rows, -1), uniforms.view(rows, 1, vocab)).view(bsz, beam_size)
         if step == 0:
-            probs = probs.expand(bsz, beam_size, -1)
-        scores_buf = torch.gather(probs, dim=2, index=indices_buf.unsqueeze(-1)).log_().view(bsz, -1)
-        if top_indices is not None:
-            indices_buf = torch.gather(top_indices.expand(bsz, beam_size, -1), dim=2,
-                                       index=indices_buf.unsqueeze(-1)).squeeze(2)
+            kept = kept.expand(bsz, beam_size, -1)
+        scores_buf = torch.gather(kept, dim=2, index=indices_buf.unsqueeze(-1)).log_().view(bsz, -1)
         if step == 0:
             beams_buf = indices_buf.new_zeros(bsz, beam_size)
         else:
