@@ -41,17 +41,17 @@ def example_uniforms(seed: int, example_ids: Sequence[int], step: int, shape: Se
         shape: the uniforms of one row, e.g. (draws, vocab).
 
     Returns:
-        (R, *shape) float64 tensor on the CPU; row r is the first numbers of the stream of
+        (R, *shape) float32 tensor on the CPU; row r is the first numbers of the stream of
         ``(seed, example_ids[r], step)`` (numpy's SeedSequence mixes the three), in C order.
     """
     shape = tuple(int(n) for n in shape)
     if seed < 0 or step < 0 or any(n < 1 for n in shape):
         raise ValueError(f"example_uniforms: seed {seed} and step {step} must be >= 0 and shape {shape} positive")
-    out = np.empty((len(example_ids),) + shape, dtype=np.float64)
+    out = np.empty((len(example_ids),) + shape, dtype=np.float32)
     for row, example in enumerate(example_ids):
         if example < 0:
             raise ValueError(f"example_uniforms: example id {example} is negative")
-        out[row] = np.random.default_rng([int(seed), int(example), int(step)]).random(shape)
+        out[row] = np.random.default_rng([int(seed), int(example), int(step)]).random(shape, dtype=np.float32)
     return torch.from_numpy(out)
 
 
@@ -64,7 +64,8 @@ def gumbel_max_sample(probs: Tensor, uniforms: Tensor) -> Tensor:
         uniforms: (R, D, V) numbers in [0, 1): D draws per row, one number per token.
 
     Returns:
-        (R, D) int64 indices on ``probs``' device: ``argmax_v log probs[r, v] - log(-log u[r, d, v])``.
+        (R, D) int64 indices on ``probs``' device: ``argmax_v log probs[r, v] - log(-log u[r, d, v])``,
+        computed in float32 as the exponential race ``argmax_v probs[r, v] / (-log u[r, d, v])``.
     """
     if probs.dim() != 2 or uniforms.dim() != 3 or uniforms.shape[0] != probs.shape[0] \
             or uniforms.shape[2] != probs.shape[1]:
@@ -72,6 +73,6 @@ def gumbel_max_sample(probs: Tensor, uniforms: Tensor) -> Tensor:
                          "must be (R, V) and (R, D, V)")
     if not bool((probs.sum(dim=1) > 0).all()):
         raise ValueError("gumbel_max_sample: a row has no probability mass")
-    u = uniforms.to(device=probs.device, dtype=torch.float64).clamp(min=1e-300)
-    gumbel = -torch.log(-torch.log(u))                                          # (R, D, V)
-    return (probs.double().log().unsqueeze(1) + gumbel).argmax(dim=2)           # (R, D)
+    # argmax log p - log(-log u) == argmax p / E with E = -log u ~ Exp(1): the exponential race
+    race = -torch.log(uniforms.to(device=probs.device, dtype=torch.float32))     # (R, D, V), E >= 0
+    return (probs.float().unsqueeze(1) / race).argmax(dim=2)                    # (R, D)
