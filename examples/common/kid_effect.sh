@@ -20,7 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 # RUNS: adam (Algorithm 1 at KID_LR/KID_STEPS, the paper's settings by default) | sigmaX (the
 # closed-form update at KL = X) | kv (the authors' release: perturbed cached keys/values) |
 # kvX (kv with step size X) | lrX (adam with step size X)
-RUNS="${RUNS:-adam sigma0.02 sigma0.1 sigma0.5 sigma2 kv}"
+RUNS="${RUNS-adam sigma0.02 sigma0.1 sigma0.5 sigma2 kv}"   # empty: plain sampling (and in_prompt) only
 SUBSET="${SUBSET:-test}"
 CONFIG="${CONFIG:-small}"
 CHECKPOINT="${CHECKPOINT:-$WORK/checkpoints/transformer_$CONFIG/checkpoint_best.pt}"
