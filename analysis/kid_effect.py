@@ -36,10 +36,12 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from analysis.paired_bootstrap import paired_bootstrap, per_example_scores, read_system
+from analysis.paired_bootstrap import paired_bootstrap, per_example_scores
 from dialogue_metrics.ngrams import distinct_n
-from dialogue_metrics.readers import InputError, check_same_count, drop_tokens, read_lines, read_text_lines
-from dialogue_metrics.text import tokenize_all
+from dialogue_metrics.readers import (
+    InputError, check_same_count, drop_tokens, parse_gen_out, read_lines, read_text_lines,
+)
+from dialogue_metrics.text import tokenize_all, wordpiece_detok
 from informative_dialogue.cli import console_script, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -102,17 +104,17 @@ def gen_out_runs(specs: Sequence[str], n_examples: int, detok: bool) -> Dict[str
             raise InputError(f"--gen-out {spec!r}: expected NAME=PATH")
         if name in runs:
             raise InputError(f"--gen-out: run name {name!r} given twice")
-        ids, hyps, _ = read_system(path, detok)
-        if ids is None:
-            raise InputError(f"{path}: no H-/D- lines (expected a fairseq-generate output)")
+        lines = read_lines(path)  # read once: the hypotheses and the decoder's debug lines
+        gen = parse_gen_out(lines, path)  # InputError without H-/D- lines
+        ids = gen.ids
+        hyps = [wordpiece_detok(h) for h in gen.hypotheses] if detok else gen.hypotheses
         if ids != list(range(n_examples)):
             missing = sorted(set(range(n_examples)) - set(ids))
             raise InputError(f"{path}: {len(ids)} examples, expected ids 0..{n_examples - 1} (one per reference)"
                              + (f"; first missing id {missing[0]}" if missing else ""))
-        log_lines = read_lines(path)
         if os.path.isfile(path + ".log"):  # fairseq-generate's log, when its logging went to stderr
-            log_lines = log_lines + read_lines(path + ".log")
-        runs[name] = {"hyp": hyps, "stats": kid_step_stats(log_lines)}
+            lines = lines + read_lines(path + ".log")
+        runs[name] = {"hyp": hyps, "stats": kid_step_stats(lines)}
     return runs
 
 

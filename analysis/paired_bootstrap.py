@@ -86,7 +86,7 @@ def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float], resam
         p_b_not_better=sum(m <= 0 for m in means) / resamples, resamples=resamples)
 
 
-def read_system(path: str, detok: bool) -> tuple[list[int] | None, list[str], int | None]:
+def _read_system(path: str, detok: bool) -> tuple[list[int] | None, list[str], int | None]:
     """(example ids or None for a plain file, hypotheses, fairseq's 'Translated N' or None)."""
     lines = read_lines(path)
     translated = None
@@ -133,8 +133,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; expected {METRICS}")
-    ids_a, hyps_a, translated = read_system(args.a, args.wordpiece_detok)
-    ids_b, hyps_b, _ = read_system(args.b, args.wordpiece_detok)
+    ids_a, hyps_a, translated = _read_system(args.a, args.wordpiece_detok)
+    ids_b, hyps_b, _ = _read_system(args.b, args.wordpiece_detok)
     if ids_a != ids_b:
         raise InputError(f"{args.a} and {args.b} do not hold the same examples "
                          f"({len(hyps_a)} and {len(hyps_b)})")

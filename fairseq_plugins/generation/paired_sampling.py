@@ -93,12 +93,10 @@ class ExampleSeededSampling(search.Sampling):
         if kept_indices is not None:  # back to vocabulary order: token v meets its own noise
             kept = kept.new_zeros(full_shape).scatter_(2, kept_indices, kept)
         rows, vocab = kept.size(0) * kept.size(1), kept.size(2)
-        # (bsz, beam, V): per example, step and beam slot one uniform per token
+        # (bsz, beam, V): per example, step and beam slot one uniform per token; step 0 draws the
+        # beam's tokens from each example's one row, later steps one token per hypothesis
         uniforms = example_uniforms(self.seed, original_batch_idxs.tolist(), step, (beam_size, vocab))
-        if step == 0:
-            indices_buf = gumbel_max_sample(kept.view(bsz, -1), uniforms)
-        else:
-            indices_buf = gumbel_max_sample(kept.view(rows, -1), uniforms.view(rows, 1, vocab)).view(bsz, beam_size)
+        indices_buf = gumbel_max_sample(kept.view(rows, vocab), uniforms.view(rows, -1, vocab)).view(bsz, beam_size)
         if step == 0:
             kept = kept.expand(bsz, beam_size, -1)
         scores_buf = torch.gather(kept, dim=2, index=indices_buf.unsqueeze(-1)).log_().view(bsz, -1)
