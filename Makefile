@@ -4,7 +4,10 @@
 # The install step is install.sh --if-needed: it runs only when this interpreter has not been
 # installed yet or install.sh / requirements.txt / setup.py changed (stamps: .install.stamp.*, one per interpreter).
 # PYTHON=/path/to/venv/bin/python make test installs into and runs with another interpreter.
+# TEST_WORKERS=N make test runs the suite in N processes (default: one per core; pytest-xdist,
+# whole test files per process so that a file's module fixtures are built once).
 PYTHON ?= python3
+TEST_WORKERS ?= auto
 export PYTHON
 # console scripts (fairseq-train, prepare-dailydialog, ...) of that interpreter come first on PATH
 PYTHON_BIN := $(shell dirname "$$(command -v $(PYTHON))")
@@ -19,4 +22,4 @@ quickstart: install
 	bash examples/quickstart/run.sh
 
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -90,8 +90,10 @@ def make_small_release(source: Path, dest: Path, lines: int, num_items: int) -> 
         (dest / f"{split}.voken.src").write_text("\n".join(folded) + "\n", encoding="utf-8")
 
 
-def test_wow_recipes_release_and_mined_alignments(ki_env: dict[str, str], shared_data: Path,
-                                                  dailydialog_ki: Path) -> None:
+@pytest.fixture(scope="module")
+def wow_prepared(ki_env: dict[str, str], shared_data: Path) -> dict[str, str]:
+    """wow/prepare.sh on a 40-line slice of the release (train = its valid split); returns the
+    environment of the WoW runs."""
     root = Path(ki_env["ROOT_TMP"])
     make_small_release(shared_data / "wow_ki", root / "wow_release", lines=40, num_items=50)
     work = root / "wow"
@@ -99,7 +101,12 @@ def test_wow_recipes_release_and_mined_alignments(ki_env: dict[str, str], shared
                TRAIN_SPLIT="valid", VALID_SPLIT="test_seen", TEST_SPLIT="test_unseen")
     run_recipe("wow/prepare.sh", env)
     assert (work / "data-bin" / "dict.src.txt").is_file()
+    return env
 
+
+def test_wow_recipe_with_the_release_alignments(wow_prepared: dict[str, str]) -> None:
+    env = wow_prepared
+    root, work = Path(env["ROOT_TMP"]), Path(env["WORK"])
     # the release's own ids with a user-supplied table (51 rows: ids 1..50, row 0 zeros)
     table = np.random.default_rng(0).standard_normal((51, 16)).astype(np.float32)
     table[0] = 0
@@ -110,8 +117,12 @@ def test_wow_recipes_release_and_mined_alignments(ki_env: dict[str, str], shared
     ids = np.load(work / "ki" / "data-bin" / "train.align.ids.npy")
     assert ids.max() <= 50 and (ids > 0).any()
 
+
+@pytest.mark.slow  # mining, binarising and training are the DailyDialog test's path; here on WoW
+def test_wow_recipe_with_mined_alignments(wow_prepared: dict[str, str], dailydialog_ki: Path) -> None:
+    env, work = wow_prepared, Path(wow_prepared["WORK"])
     # mined alignments over the knowledge base, retriever and index of the DailyDialog run (fixture)
-    assert (Path(ki_env["KI_HOME"]) / "index" / "knowledge_table.npy").is_file()
+    assert (Path(env["KI_HOME"]) / "index" / "knowledge_table.npy").is_file()
     mined_env = dict(env, STAGES="mine binarise train generate evaluate", KI_BIN=str(work / "ki" / "data-bin-mined"),
                      SAVE_DIR=str(work / "checkpoints" / "ki_mined"))
     run_recipe("wow/train_ki.sh", mined_env, "--max-update", "2")
