@@ -15,8 +15,9 @@
 #              the negative teacher on the top-entropy half, seed TEACHER_SEED (one teacher for
 #              every student seed), early stopping on its validation loss
 #   ki_inputs  train_ki.sh's kb retriever index mine binarise, from the first whose output is
-#              missing: knowledge base, retriever, index, mined alignments (about 30 min on 2 cores
-#              for DailyDialog)
+#              missing: knowledge base, retriever, index, mined alignments (DailyDialog on one
+#              thread beside other jobs: retriever 50 min, index 34 min, mining 40 min for the
+#              three splits, binarising about a minute)
 #   ki         train_ki.sh's train stage (KI, lambda KI_LAMBDA)
 #   nd         train_nd.sh's student stage, alpha's peak at ND_GAMMA updates
 #   ki_nd      train_ki_nd.sh's train stage (--criterion ki_negative_distillation)
