@@ -3,6 +3,7 @@ early stopping ended it, and its wall times -- the "epochs it took" of a RESULTS
 
     python3 -m analysis.training_curve work/dailydialog/checkpoints/transformer_compact_seed1/train.log \\
         [--metric nll_loss] [--markdown curve.md] [--json curve.json]
+    python3 -m analysis.training_curve LOG --metric nll_loss --stopping-point 3 60   # -> "CAP LAST"
 
 Reads fairseq's ``simple`` log format (``--log-format simple``, the recipes' choice): the
 per-epoch ``valid on '<subset>' subset`` lines, the per-epoch ``train`` summaries
@@ -20,6 +21,7 @@ import json
 import logging
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -28,12 +30,17 @@ from informative_dialogue.cli import setup_logging
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpochRecord", "TrainingCurve", "read_training_log", "markdown_table"]
+__all__ = ["NoValidationError", "EpochRecord", "TrainingCurve", "StoppingPoint", "read_training_log",
+           "stopping_point", "markdown_table"]
 
 _EPOCH = re.compile(r"\|\s*epoch (\d+)\s*\|")
 _FIELD = re.compile(r"\|\s*([A-Za-z_0-9]+) ([-+0-9.eE]+|inf|nan)(?=\s*(\||$))")
 _EARLY = re.compile(r"early stop since valid performance hasn't improved for last (\d+) runs")
 _DONE = re.compile(r"done training in ([0-9.]+) seconds")
+
+
+class NoValidationError(ValueError):
+    """A training log without any validation line of the subset asked for."""
 
 
 @dataclass
@@ -81,8 +88,8 @@ def read_training_log(path: str | Path, metric: str = "nll_loss", subset: str = 
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: no validation line of ``subset``, or one without ``metric``, naming the file
-            and the line.
+        NoValidationError: no validation line of ``subset`` (a ValueError).
+        ValueError: a validation line without ``metric``, naming the file and the line.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,11 +122,58 @@ def read_training_log(path: str | Path, metric: str = "nll_loss", subset: str = 
                 rec.train_wall, rec.wall = values.get("train_wall"), values.get("wall")
     validated = [epochs[n] for n in sorted(epochs) if epochs[n].valid]
     if not validated:
-        raise ValueError(f"{path}: no \"{valid_tag}\" line (expected fairseq's --log-format simple log "
+        raise NoValidationError(f"{path}: no \"{valid_tag}\" line (expected fairseq's --log-format simple log "
                          f"of a run that validated at least once)")
     best = min(validated, key=lambda e: (e.valid[metric] if not math.isnan(e.valid[metric]) else math.inf, e.epoch))
     return TrainingCurve(str(path), metric, [epochs[n] for n in sorted(epochs)], best.epoch, best.valid[metric],
                          early, done)
+
+
+@dataclass(frozen=True)
+class StoppingPoint:
+    """Where a run with early stopping stands: ``cap``, the epoch after which an uninterrupted
+    run would have stopped given the epochs logged so far, and ``last_epoch``, the last epoch
+    validated (0: none)."""
+
+    cap: int
+    last_epoch: int
+
+    @property
+    def finished(self) -> bool:
+        return self.last_epoch >= self.cap
+
+
+def stopping_point(path: str | Path, patience: int, max_epoch: int, metric: str = "nll_loss",
+                   subset: str = "valid") -> StoppingPoint:
+    """The epoch at which one uninterrupted fairseq run with ``--patience`` and ``--max-epoch``
+    would stop, from the run's log so far: ``min(max_epoch, best epoch + patience)``, and
+    ``max_epoch`` while no epoch has been validated (no log yet, or a run stopped in its first
+    epoch) or when ``patience <= 0`` (fairseq's "no early stopping").
+
+    Why: fairseq keeps its patience count (``should_stop_early.best`` and ``.num_runs``) in
+    process memory, not in the checkpoint, so a resumed run starts counting afresh from its
+    first validation, and an interrupted run trains longer than an uninterrupted one would.
+    Training a resumed run with ``--max-epoch`` set to this cap, and again while the cap moves
+    (a new best epoch raises it), ends it where one uninterrupted run ends. fairseq's own count
+    after a resume never exceeds the true one (its remembered best is never better than the
+    run's best), so fairseq never stops such a run before the cap.
+
+    Raises:
+        ValueError: ``max_epoch < 1``, or the log's errors of :func:`read_training_log` other
+            than "no validation line".
+    """
+    if max_epoch < 1:
+        raise ValueError(f"max_epoch must be at least 1, got {max_epoch}")
+    path = Path(path)
+    if not path.is_file():
+        return StoppingPoint(max_epoch, 0)
+    try:
+        curve = read_training_log(path, metric, subset)
+    except NoValidationError:
+        return StoppingPoint(max_epoch, 0)
+    last = max(e.epoch for e in curve.epochs if e.valid)
+    cap = max_epoch if patience <= 0 else min(max_epoch, curve.best_epoch + patience)
+    return StoppingPoint(cap, last)
 
 
 def markdown_table(curve: TrainingCurve) -> str:
@@ -150,16 +204,27 @@ def markdown_table(curve: TrainingCurve) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> TrainingCurve:
+def main(argv: Optional[Sequence[str]] = None) -> TrainingCurve | StoppingPoint:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("log", help="fairseq train.log (--log-format simple)")
     p.add_argument("--metric", default="nll_loss", help="the best-checkpoint metric (lower is better)")
     p.add_argument("--subset", default="valid")
     p.add_argument("--markdown", help="write the table here (it is logged in any case)")
     p.add_argument("--json", help="write the parsed curve here")
+    p.add_argument("--stopping-point", nargs=2, type=int, metavar=("PATIENCE", "MAX_EPOCH"),
+                   help="print only 'CAP LAST' (stopping_point: the epoch an uninterrupted run with this "
+                        "--patience and --max-epoch stops at, and the last validated epoch; a missing log is "
+                        "a run not started yet) and exit")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    if args.stopping_point is not None:
+        try:
+            point = stopping_point(args.log, *args.stopping_point, metric=args.metric, subset=args.subset)
+        except (OSError, ValueError) as e:
+            p.error(str(e))
+        sys.stdout.write(f"{point.cap} {point.last_epoch}\n")  # the CLI's answer, for shell recipes
+        return point
     try:
         curve = read_training_log(args.log, args.metric, args.subset)
     except (OSError, ValueError) as e:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.training_curve import main, markdown_table, read_training_log
+from analysis.training_curve import NoValidationError, main, markdown_table, read_training_log, stopping_point
 
 T = "2026-12-07 15:12:40 | INFO | "
 
@@ -85,3 +85,37 @@ def test_cli_writes_markdown_and_json(tmp_path: Path) -> None:
     assert data["train_seconds"] == 2657
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.log")])
+
+
+def test_stopping_point_is_the_best_epoch_plus_patience_capped_by_max_epoch(tmp_path: Path) -> None:
+    """The log of write_log: best nll_loss at epoch 2, last epoch 4; by loss the best is epoch 4."""
+    log = write_log(tmp_path)
+    point = stopping_point(log, patience=3, max_epoch=60)
+    assert (point.cap, point.last_epoch, point.finished) == (5, 4, False)  # one more epoch without a new best
+    assert stopping_point(log, patience=2, max_epoch=60).finished  # epochs 3 and 4: 2 without a new best
+    assert (stopping_point(log, patience=3, max_epoch=4).cap, stopping_point(log, 3, 4).finished) == (4, True)
+    assert stopping_point(log, patience=3, max_epoch=60, metric="loss").cap == 7  # best epoch 4 by loss
+    assert stopping_point(log, patience=0, max_epoch=60).cap == 60  # fairseq's patience <= 0: no early stop
+    assert stopping_point(log, patience=-1, max_epoch=9).cap == 9
+
+
+def test_stopping_point_of_a_run_not_validated_yet_is_max_epoch(tmp_path: Path) -> None:
+    missing = stopping_point(tmp_path / "none" / "train.log", patience=3, max_epoch=60)
+    assert (missing.cap, missing.last_epoch, missing.finished) == (60, 0, False)
+    started = tmp_path / "train.log"
+    started.write_text(f"{T}fairseq_cli.train | task: KnowledgeDialogTask\n")  # stopped during epoch 1
+    assert stopping_point(started, 3, 60) == missing
+    with pytest.raises(NoValidationError):
+        read_training_log(started)
+    started.write_text(valid(1, 9.0, 8.0, 100).replace(" nll_loss 8.0 |", ""))
+    with pytest.raises(ValueError, match="validation line without 'nll_loss'"):
+        stopping_point(started, 3, 60)  # a malformed log is not taken for an unstarted run
+    with pytest.raises(ValueError, match="max_epoch must be at least 1"):
+        stopping_point(started, 3, 0)
+
+
+def test_cli_stopping_point_prints_cap_and_last_epoch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    main([str(write_log(tmp_path)), "--stopping-point", "3", "60"])
+    assert capsys.readouterr().out == "5 4\n"
+    main([str(tmp_path / "missing.log"), "--metric", "loss", "--stopping-point", "3", "60"])
+    assert capsys.readouterr().out == "60 0\n"

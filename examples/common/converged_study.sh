@@ -23,10 +23,13 @@
 #   ki_nd      train_ki_nd.sh's train stage (--criterion ki_negative_distillation)
 #   kid        generate_kid.sh on every system of SYSTEMS (retrieval and tries once, by the first)
 #   report     analysis.method_comparison over SYSTEMS -> REPORT
-# Every training stage decodes and scores its model (generate, evaluate). A run whose train.log
-# says "done training" is not trained again; an interrupted one resumes from its
-# checkpoint_last.pt when its stage is run again (fairseq's restore; the patience count restarts
-# there). ND_GAMMA defaults to half the baseline's updates at its best epoch (the paper puts the
+# Every training stage decodes and scores its model (generate, evaluate). Early stopping is one
+# rule, read from the run's train.log (analysis.training_curve --stopping-point): a run is
+# finished once it has validated epoch min(MAX_EPOCH, best epoch + PATIENCE), and is then not
+# trained again. An interrupted run resumes from its checkpoint_last.pt when its stage is run
+# again, with --max-epoch set to that epoch, and again while a new best epoch moves it: fairseq
+# keeps its patience count in memory only, so a resumed fairseq run alone would count afresh
+# and train longer than one uninterrupted run. ND_GAMMA defaults to half the baseline's updates at its best epoch (the paper puts the
 # peak of 25,600 at about half of ~50k updates), so the stage baseline must have finished first.
 # On 2 cores, run two stages at once with THREADS=1 each (e.g. baseline beside teacher).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -82,29 +85,50 @@ run() {  # the command, printed; run unless DRY_RUN
   echo "+ $*"
   [ -n "$DRY_RUN" ] || "$@"
 }
-# finished DIR: whether DIR/train.log says the run finished
-finished() { grep -q "done training in" "$1/train.log" 2>/dev/null; }
-# model_stages DIR TRAIN_STAGE: a recipe's stages for one model: TRAIN_STAGE unless DIR's run
-# finished, then generate and evaluate
-model_stages() { if finished "$1"; then echo "generate evaluate"; else echo "$2 generate evaluate"; fi; }
+# stopping_point DIR METRIC -> "CAP LAST": the epoch one uninterrupted run with PATIENCE and
+# MAX_EPOCH stops at (best epoch by METRIC + PATIENCE; MAX_EPOCH before any validation) and the
+# last validated epoch (0: none), from DIR/train.log
+stopping_point() {
+  python3 -m analysis.training_curve "$1/train.log" --metric "$2" --stopping-point "$PATIENCE" "$MAX_EPOCH"
+}
+# finished DIR METRIC: whether DIR's run has reached its stopping point
+finished() { local point cap last; point="$(stopping_point "$1" "$2")"; read -r cap last <<< "$point"; [ "$last" -ge "$cap" ]; }
+# train_until_stopped DIR METRIC EPOCH_VAR [NAME=VALUE...] COMMAND...: run COMMAND (a recipe's
+# training, saving in DIR) under env with EPOCH_VAR (the recipe's --max-epoch variable) set to DIR's
+# stopping point, until the run reaches it; nothing when it has (DRY_RUN: the first command only)
+train_until_stopped() {
+  local dir="$1" metric="$2" epoch_var="$3" point cap last previous=-1
+  shift 3
+  while :; do
+    point="$(stopping_point "$dir" "$metric")"
+    read -r cap last <<< "$point"
+    [ "$last" -lt "$cap" ] || return 0
+    if [ "$last" -le "$previous" ]; then
+      echo "$dir: the run stayed at epoch $last below its stopping point $cap (see $dir/train.log)" >&2
+      return 1
+    fi
+    previous="$last"
+    run env "$epoch_var=$cap" "$@"
+    [ -z "$DRY_RUN" ] || return 0
+  done
+}
 
 if has_stage baseline; then
-  if ! finished "$BASE_DIR"; then
-    run env SEED="$SEED" SAVE_DIR="$BASE_DIR" bash "$RECIPES/train_transformer.sh" --best-checkpoint-metric nll_loss
-  fi
+  train_until_stopped "$BASE_DIR" nll_loss MAX_EPOCH \
+    SEED="$SEED" SAVE_DIR="$BASE_DIR" bash "$RECIPES/train_transformer.sh" --best-checkpoint-metric nll_loss
   for script in generate evaluate; do
     run env CHECKPOINT="$BASE_DIR/checkpoint_best.pt" bash "$RECIPES/$script.sh"
   done
 fi
 
 if has_stage teacher; then
-  nd_stages=""
-  [ -f "$WORK/entropy/negative/data-bin/dict.src.txt" ] || nd_stages="entropy binarise"
-  finished "$TEACHER_DIR" || nd_stages="$nd_stages teacher"
-  if [ -n "$nd_stages" ]; then
-    run env STAGES="${nd_stages# }" RATIO="$RATIO" TIE_BREAK="$TIE_BREAK" SEED="$TEACHER_SEED" \
-      TEACHER_EPOCH="$MAX_EPOCH" TEACHER_DIR="$TEACHER_DIR" bash "$ND_RECIPE"
+  if [ ! -f "$WORK/entropy/negative/data-bin/dict.src.txt" ]; then
+    run env STAGES="entropy binarise" RATIO="$RATIO" TIE_BREAK="$TIE_BREAK" bash "$ND_RECIPE"
   fi
+  # the teacher's checkpoint_best.pt is chosen by fairseq's default metric, the validation loss
+  train_until_stopped "$TEACHER_DIR" loss TEACHER_EPOCH \
+    STAGES=teacher RATIO="$RATIO" TIE_BREAK="$TIE_BREAK" SEED="$TEACHER_SEED" TEACHER_DIR="$TEACHER_DIR" \
+    bash "$ND_RECIPE"
 fi
 
 if has_stage ki_inputs; then
@@ -121,13 +145,14 @@ if has_stage ki_inputs; then
 fi
 
 if has_stage ki; then
-  run env STAGES="$(model_stages "$KI_DIR" train)" SEED="$SEED" SAVE_DIR="$KI_DIR" KI_LAMBDA="$KI_LAMBDA" \
-    bash "$RECIPES/train_ki.sh"
+  train_until_stopped "$KI_DIR" nll_loss MAX_EPOCH \
+    STAGES=train SEED="$SEED" SAVE_DIR="$KI_DIR" KI_LAMBDA="$KI_LAMBDA" bash "$RECIPES/train_ki.sh"
+  run env STAGES="generate evaluate" SAVE_DIR="$KI_DIR" bash "$RECIPES/train_ki.sh"
 fi
 
 if has_stage nd || has_stage ki_nd; then
   if [ -z "$ND_GAMMA" ]; then
-    if finished "$BASE_DIR"; then
+    if finished "$BASE_DIR" nll_loss; then
       ND_GAMMA="$(python3 -c 'import sys; from analysis.training_curve import read_training_log as r
 c = r(sys.argv[1]); print(max(1, c.updates_at_best // 2))' "$BASE_DIR/train.log")"
     elif [ -n "$DRY_RUN" ]; then
@@ -142,13 +167,17 @@ c = r(sys.argv[1]); print(max(1, c.updates_at_best // 2))' "$BASE_DIR/train.log"
 fi
 
 if has_stage nd; then
-  run env STAGES="$(model_stages "$ND_DIR" student)" SEED="$SEED" MAX_EPOCH="$MAX_EPOCH" TEACHER_DIR="$TEACHER_DIR" \
-    STUDENT_DIR="$ND_DIR" ND_GAMMA="$ND_GAMMA" KNOWLEDGE="$KNOWLEDGE" bash "$ND_RECIPE"
+  train_until_stopped "$ND_DIR" nll_loss MAX_EPOCH \
+    STAGES=student SEED="$SEED" TEACHER_DIR="$TEACHER_DIR" STUDENT_DIR="$ND_DIR" ND_GAMMA="$ND_GAMMA" \
+    bash "$ND_RECIPE"
+  run env STAGES="generate evaluate" STUDENT_DIR="$ND_DIR" KNOWLEDGE="$KNOWLEDGE" bash "$ND_RECIPE"
 fi
 
 if has_stage ki_nd; then
-  run env STAGES="$(model_stages "$KI_ND_DIR" train)" SEED="$SEED" SAVE_DIR="$KI_ND_DIR" TEACHER_DIR="$TEACHER_DIR" \
-    ND_GAMMA="$ND_GAMMA" KI_LAMBDA="$KI_LAMBDA" bash "$RECIPES/train_ki_nd.sh"
+  train_until_stopped "$KI_ND_DIR" nll_loss MAX_EPOCH \
+    STAGES=train SEED="$SEED" SAVE_DIR="$KI_ND_DIR" TEACHER_DIR="$TEACHER_DIR" ND_GAMMA="$ND_GAMMA" \
+    KI_LAMBDA="$KI_LAMBDA" bash "$RECIPES/train_ki_nd.sh"
+  run env STAGES="generate evaluate" SAVE_DIR="$KI_ND_DIR" bash "$RECIPES/train_ki_nd.sh"
 fi
 
 dir_of() {  # dir_of SYSTEM -> its checkpoint folder
