@@ -16,9 +16,16 @@ SCRIPT = REPO_ROOT / "examples" / "dailydialog" / "converged_study.sh"
 def study(tmp_path: Path, script: Path = SCRIPT, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in (
         "STAGES", "CONFIG", "SEED", "ND_GAMMA", "PATIENCE", "MAX_EPOCH", "LR", "THREADS", "DRY_RUN", "SYSTEMS",
-        "KID_DECODE", "KNOWLEDGE", "RECIPES")}
+        "KID_DECODE", "KNOWLEDGE", "RECIPES", "SUBSET")}
     return subprocess.run(["bash", str(script)], capture_output=True, text=True,
                           env=dict(clean, WORK=str(tmp_path), KI_HOME=str(tmp_path / "ki_home"), **env))
+
+
+def prepared(work: Path) -> None:
+    """What the study checks before it runs anything: prepare.sh's dictionary and test references."""
+    for f in ("data-bin/dict.src.txt", "tok/test.tgt"):
+        (work / f).parent.mkdir(parents=True, exist_ok=True)
+        (work / f).write_text("a 1\n")
 
 
 def commands(proc: subprocess.CompletedProcess) -> list[str]:
@@ -62,8 +69,7 @@ def test_nd_gamma_is_half_the_baseline_updates_at_its_best_epoch(tmp_path: Path)
     # without a finished baseline (and not a dry run) gamma is refused, not guessed, even when
     # fairseq said "done training" (a run stopped by another patience or max-epoch cap)
     (base / "train.log").write_text(valid(1, 8.0, 7.0, 406) + "x | done training in 9.0 seconds\n")
-    (tmp_path / "data-bin").mkdir()
-    (tmp_path / "data-bin" / "dict.src.txt").write_text("a 1\n")
+    prepared(tmp_path)
     proc = study(tmp_path, STAGES="nd")
     assert proc.returncode != 0 and "the baseline has not finished training" in proc.stderr
 
@@ -115,6 +121,19 @@ def test_cmu_dog_study_decodes_with_kid_and_scores_knowledge(tmp_path: Path) -> 
     assert bad.returncode != 0 and "unknown system 'kd' in SYSTEMS" in bad.stderr
 
 
+def test_subset_is_the_split_of_every_decode_and_of_the_report(tmp_path: Path) -> None:
+    """SUBSET=test_every6 (examples/common/subset.sh): generate.sh, evaluate.sh and generate_kid.sh
+    read SUBSET from the environment; the report reads that split's references and knowledge."""
+    cmu = REPO_ROOT / "examples" / "cmu_dog" / "converged_study.sh"
+    report = commands(study(tmp_path, cmu, DRY_RUN="1", SUBSET="test_every6", STAGES="report"))[-1]
+    assert f"--ref {tmp_path}/tok/test_every6.tgt --subset test_every6 " in report
+    assert f"--knowledge {tmp_path}/tok/test_every6.knowledge " in report
+    prepared(tmp_path)
+    proc = study(tmp_path, cmu, SUBSET="test_every6", STAGES="report")  # not made yet: refused up front
+    assert proc.returncode != 0 and "SUBSET=test_every6: " in proc.stderr and "examples/common/subset.sh" in proc.stderr
+    assert "analysis.method_comparison" not in proc.stdout
+
+
 def fake_recipes(tmp_path: Path, curve: str) -> Path:
     """A RECIPES folder whose train_transformer.sh stands for fairseq at its worst after a resume
     (a patience count that never stops it): it appends CURVE's validation lines for the epochs
@@ -131,8 +150,7 @@ def fake_recipes(tmp_path: Path, curve: str) -> Path:
         'exit 0\n')
     for script in ("generate", "evaluate"):
         (recipes / f"{script}.sh").write_text(f'echo {script} >> "$WORK/calls"\n')
-    (tmp_path / "data-bin").mkdir()
-    (tmp_path / "data-bin" / "dict.src.txt").write_text("a 1\n")
+    prepared(tmp_path)
     return recipes
 
 

@@ -7,11 +7,12 @@
 # examples/common/converged_study.sh. Run prepare.sh first, then
 #   bash examples/cmu_dog/converged_study.sh
 #   SYSTEMS="baseline ki nd ki_nd" bash examples/cmu_dog/converged_study.sh   # all four
+#   SUBSET=test_every6 bash examples/cmu_dog/converged_study.sh   # decode and report every 6th test example
 # --- paths and options (override by environment) -------------------------------------------
 WORK="${WORK:-$(cd "$(dirname "$0")/../.." && pwd)/work/cmu_dog}"   # prepare.sh's output
 SYSTEMS="${SYSTEMS:-baseline ki_nd}"
 KID_DECODE="${KID_DECODE:-1}"
-KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/test.knowledge}"   # the section the speaker saw, one line per test example
+KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/${SUBSET:-test}.knowledge}"   # the section the speaker saw, one line per example
 # -------------------------------------------------------------------------------------------
 RECIPES="$(cd "$(dirname "$0")" && pwd)"
 export WORK SYSTEMS KID_DECODE KNOWLEDGE RECIPES

@@ -22,7 +22,7 @@
 #   nd         train_nd.sh's student stage, alpha's peak at ND_GAMMA updates
 #   ki_nd      train_ki_nd.sh's train stage (--criterion ki_negative_distillation)
 #   kid        generate_kid.sh on every system of SYSTEMS (retrieval and tries once, by the first)
-#   report     analysis.method_comparison over SYSTEMS -> REPORT
+#   report     analysis.method_comparison over SYSTEMS on SUBSET (default test) -> REPORT
 # Every training stage decodes and scores its model (generate, evaluate). Early stopping is one
 # rule, read from the run's train.log (analysis.training_curve --stopping-point): a run is
 # finished once it has validated epoch min(MAX_EPOCH, best epoch + PATIENCE), and is then not
@@ -59,12 +59,14 @@ KI_BIN="${KI_BIN:-$WORK/ki/data-bin}"
 SYSTEMS="${SYSTEMS:-baseline ki nd ki_nd}"     # the baseline is always one of them
 KID_DECODE="${KID_DECODE:-0}"                   # 1: stage kid (generate_kid.sh) on every system
 ND_RECIPE="${ND_RECIPE:-$ROOT/examples/dailydialog/train_nd.sh}"   # dataset-agnostic (WORK, DATA_BIN, TOK_DIR)
-KNOWLEDGE="${KNOWLEDGE:-}"                      # grounding text per test example: knowledge F1 in the report
+SUBSET="${SUBSET:-test}"                        # the split every decode, KID run and the report use (e.g.
+                                                # test_every6 of examples/common/subset.sh: made first)
+KNOWLEDGE="${KNOWLEDGE:-}"                      # grounding text per SUBSET example: knowledge F1 in the report
 REPORT="${REPORT:-$CKPTS/converged_${CONFIG}_seed$SEED.md}"
 DRY_RUN="${DRY_RUN:-}"
 # -------------------------------------------------------------------------------------------
 
-export WORK CONFIG LR PATIENCE MAX_EPOCH KI_HOME ALIGN_DIR KI_BIN
+export WORK CONFIG LR PATIENCE MAX_EPOCH KI_HOME ALIGN_DIR KI_BIN SUBSET
 [ -n "$THREADS" ] && export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 in_systems() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 for system in $SYSTEMS; do
@@ -80,6 +82,8 @@ if [ -z "${STAGES:-}" ]; then  # the stages SYSTEMS needs
 fi
 [ -n "$DRY_RUN" ] || [ -f "$WORK/data-bin/dict.src.txt" ] || {
   echo "run examples/dailydialog/prepare.sh first ($WORK/data-bin)" >&2; exit 1; }
+[ -n "$DRY_RUN" ] || [ -f "$WORK/tok/$SUBSET.tgt" ] || {
+  echo "SUBSET=$SUBSET: $WORK/tok/$SUBSET.tgt not found (make it with examples/common/subset.sh)" >&2; exit 1; }
 
 run() {  # the command, printed; run unless DRY_RUN
   echo "+ $*"
@@ -199,6 +203,6 @@ if has_stage report; then
   systems=() decoders=(greedy beam5)
   for system in $SYSTEMS; do systems+=(--system "$(label_of "$system")=$(dir_of "$system")"); done
   [ "$KID_DECODE" = 1 ] && decoders+=("gen_kid/*")
-  run python3 -m analysis.method_comparison --baseline baseline --ref "$WORK/tok/test.tgt" \
+  run python3 -m analysis.method_comparison --baseline baseline --ref "$WORK/tok/$SUBSET.tgt" --subset "$SUBSET" \
     ${KNOWLEDGE:+--knowledge "$KNOWLEDGE"} "${systems[@]}" --decoders "${decoders[@]}" --allow-missing --markdown "$REPORT"
 fi
