@@ -132,3 +132,13 @@ def test_train_stage_names_what_is_missing(env: dict[str, str], tmp_path: Path, 
 def test_without_prepared_data_is_an_error(tmp_path: Path) -> None:
     proc = run_recipe("dailydialog/train_ki_nd.sh", dict(os.environ, WORK=str(tmp_path / "none")), ok=False)
     assert proc.returncode == 1 and "run prepare.sh first" in proc.stderr
+
+
+@pytest.mark.parametrize("recipe, tie_break", [("dailydialog/train_ki_nd.sh", "index"), ("cmu_dog/train_ki_nd.sh", "shorter")])
+def test_d_n_ties_at_the_cut(env: dict[str, str], tmp_path: Path, recipe: str, tie_break: str) -> None:
+    """Which pairs tied at D_N's cut go to the teacher: file order on DailyDialog (train_nd.sh's
+    default), shorter responses first on CMU_DoG, where 93.4 % of training pairs have source
+    entropy 0 (file order would fill most of D_N with arbitrary pairs)."""
+    entropy = tmp_path / "entropy"
+    run_recipe(recipe, dict(env, STAGES="nd", ND_STAGES="entropy", ENTROPY_DIR=str(entropy)))
+    assert json.loads((entropy / "stats.json").read_text())["tie_break"] == tie_break
