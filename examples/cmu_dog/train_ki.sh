@@ -10,7 +10,7 @@ SUBWORD_FORMAT="${SUBWORD_FORMAT:-wordpiece}"                     # prepare.sh: 
 CONFIG="${CONFIG:-small}"
 MAX_EPOCH="${MAX_EPOCH:-2}"
 SEED="${SEED:-1}"
-KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/test.knowledge}"   # grounding text, one line per test example
+KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/${SUBSET:-test}.knowledge}"   # grounding text, one line per SUBSET example
 # -------------------------------------------------------------------------------------------
 export WORK SUBWORD_FORMAT CONFIG MAX_EPOCH SEED KNOWLEDGE
 exec bash "$(dirname "$0")/../common/train_ki.sh" "$@"

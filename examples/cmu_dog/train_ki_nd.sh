@@ -18,7 +18,7 @@ SEED="${SEED:-1}"
 TIE_BREAK="${TIE_BREAK:-shorter}"   # D_N's pairs tied at the cut: 93.4 % of CMU_DoG's training pairs have
                                     # source entropy 0, so in file order (index) 87 % of D_N would be
                                     # arbitrary pairs; shorter responses first keeps it generic
-KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/test.knowledge}"   # grounding text, one line per test example
+KNOWLEDGE="${KNOWLEDGE:-$WORK/tok/${SUBSET:-test}.knowledge}"   # grounding text, one line per SUBSET example
 # -------------------------------------------------------------------------------------------
 export WORK SUBWORD_FORMAT CONFIG MAX_EPOCH TEACHER_EPOCH SEED TIE_BREAK KNOWLEDGE
 exec bash "$(dirname "$0")/../common/train_ki_nd.sh" "$@"

@@ -29,8 +29,9 @@
 # trained again. An interrupted run resumes from its checkpoint_last.pt when its stage is run
 # again, with --max-epoch set to that epoch, and again while a new best epoch moves it: fairseq
 # keeps its patience count in memory only, so a resumed fairseq run alone would count afresh
-# and train longer than one uninterrupted run. ND_GAMMA defaults to half the baseline's updates at its best epoch (the paper puts the
-# peak of 25,600 at about half of ~50k updates), so the stage baseline must have finished first.
+# and train longer than one uninterrupted run. ND_GAMMA defaults to half the baseline's updates
+# at its best epoch (the paper puts the peak of 25,600 at about half of ~50k updates), so the
+# stage baseline must have finished first.
 # On 2 cores, run two stages at once with THREADS=1 each (e.g. baseline beside teacher).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 : "${WORK:?set WORK}" "${RECIPES:?set RECIPES (the folder of the dataset recipes)}"
@@ -96,7 +97,12 @@ stopping_point() {
   python3 -m analysis.training_curve "$1/train.log" --metric "$2" --stopping-point "$PATIENCE" "$MAX_EPOCH"
 }
 # finished DIR METRIC: whether DIR's run has reached its stopping point
-finished() { local point cap last; point="$(stopping_point "$1" "$2")"; read -r cap last <<< "$point"; [ "$last" -ge "$cap" ]; }
+finished() {
+  local point cap last
+  point="$(stopping_point "$1" "$2")"
+  read -r cap last <<< "$point"
+  [ "$last" -ge "$cap" ]
+}
 # train_until_stopped DIR METRIC EPOCH_VAR [NAME=VALUE...] COMMAND...: run COMMAND (a recipe's
 # training, saving in DIR) under env with EPOCH_VAR (the recipe's --max-epoch variable) set to DIR's
 # stopping point, until the run reaches it; nothing when it has (DRY_RUN: the first command only)
