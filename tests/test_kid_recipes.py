@@ -183,11 +183,12 @@ def test_dense_retriever_and_hops_get_their_own_files_and_row(runs: dict) -> Non
 def test_kid_effect_sweep(runs: dict) -> None:
     """examples/common/kid_effect.sh: plain sampling, one KID run per RUNS entry and the knowledge
     in the prompt, per-example streams, one effect table; the sigma run spends KL = sigma on the
-    rows it updates; a rerun keeps every finished output."""
+    rows it updates; a rerun keeps every finished output decoded with the same settings, and
+    decodes again one decoded with others."""
     r = runs["cmu_dog"]
     env = dict(r["env"], RUNS="sigma0.5 kv", RESAMPLES="50", DATASET_RECIPE=str(EXAMPLES / "cmu_dog" / "generate_kid.sh"))
     run_recipe("common/kid_effect.sh", env)
-    effect = r["out"].parent / "kid_effect"
+    effect = r["out"].parent / "kid_effect" / "seed1"  # each seed its own folder
     for name in ("test.sample", "test.kid.sigma0.5", "test.kid.kv", "test_kprompt.sample"):
         out = effect / f"{name}.out"
         assert sorted(i for i, _ in hypotheses(out)) == list(range(len(lines(r["work"] / "tok" / "test.src"))))
@@ -207,6 +208,13 @@ def test_kid_effect_sweep(runs: dict) -> None:
     mtimes = {p: p.stat().st_mtime_ns for p in effect.glob("*.out")}
     rerun = run_recipe("common/kid_effect.sh", env)
     assert rerun.count("kept ") == 4 and {p: p.stat().st_mtime_ns for p in effect.glob("*.out")} == mtimes
+    settings = effect / "test.kid.kv.out.settings"
+    assert "seed=1 seed_scope=example decoder=kid KID_SOLVER=kv" in settings.read_text()
+    settings.write_text(settings.read_text().replace("seed=1 ", "seed=2 "))  # as if decoded with seed 2
+    rerun = run_recipe("common/kid_effect.sh", env)
+    assert rerun.count("kept ") == 3 and "test.kid.kv.out again: decoded with other settings" in rerun
+    assert "seed=1 " in settings.read_text()
+    assert [p for p in effect.glob("*.out") if p.stat().st_mtime_ns != mtimes[p]] == [effect / "test.kid.kv.out"]
 
 
 def test_dpr_collection_stage(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@
 #   WORK=work/cmu_dog SUBSET=test_every6 bash examples/common/kid_effect.sh
 # Needs the tries of generate_kid.sh's stages retrieve and trie (same RETRIEVER, TOP_K, SUBSET) and
 # a trained CHECKPOINT. Every run is resumable: an output with a hypothesis for every example of
-# SUBSET is kept. Other generate_kid.sh variables (HOPS, KID_ARGS, BATCH_SIZE, ...) pass
+# SUBSET, decoded with the same settings (OUT.settings: checkpoint, seed, seed scope, the run's
+# variables, extra arguments), is kept; one decoded otherwise is decoded again. Each SEED has its
+# own OUT_DIR. Other generate_kid.sh variables (HOPS, KID_ARGS, BATCH_SIZE, ...) pass
 # through to every run; extra arguments go to every fairseq-generate call.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 : "${WORK:?set WORK (the work folder of a dataset recipe)}"
@@ -24,8 +26,8 @@ RUNS="${RUNS-adam sigma0.02 sigma0.1 sigma0.5 sigma2 kv}"   # empty: plain sampl
 SUBSET="${SUBSET:-test}"
 CONFIG="${CONFIG:-small}"
 CHECKPOINT="${CHECKPOINT:-$WORK/checkpoints/transformer_$CONFIG/checkpoint_best.pt}"
-OUT_DIR="${OUT_DIR:-$(dirname "$CHECKPOINT")/kid_effect}"
 SEED="${SEED:-1}"
+OUT_DIR="${OUT_DIR:-$(dirname "$CHECKPOINT")/kid_effect/seed$SEED}"
 SEED_SCOPE="${SEED_SCOPE:-example}"
 TOK_DIR="${TOK_DIR:-$WORK/tok}"
 REFERENCE="${REFERENCE:-$TOK_DIR/$SUBSET.tgt}"
@@ -47,17 +49,26 @@ mkdir -p "$OUT_DIR"
 N_EXAMPLES="$(wc -l < "$TOK_DIR/$SUBSET.src")"
 complete() { [ -f "$1" ] && [ "$(grep -c '^H-' "$1")" = "$N_EXAMPLES" ]; }
 # decode NAME DECODER [VAR=VALUE ...]: one generate_kid.sh decode of SUBSET (or of the split
-# VAR SPLIT=...), skipped when complete; the output is OUT_DIR/SPLIT.NAME.out (sample: SPLIT.sample.out)
+# VAR SPLIT=...), skipped when complete with the same settings (OUT.settings); the output is
+# OUT_DIR/SPLIT.NAME.out (sample: SPLIT.sample.out)
 decode() {
   local name="$1" decoder="$2" split="$SUBSET"; shift 2
   for var in "$@"; do [[ "$var" == SPLIT=* ]] && split="${var#SPLIT=}"; done
   local out="$OUT_DIR/$split.$name.out"
-  if complete "$out"; then echo "kept $out"; return; fi
+  local settings="checkpoint=$CHECKPOINT seed=$SEED seed_scope=$SEED_SCOPE decoder=$decoder $* extra=${EXTRA_ARGS[*]-}"
+  settings="$settings retriever=${RETRIEVER-} top_k=${TOP_K-} hops=${HOPS-} kid_steps=${KID_STEPS-} kid_args=${KID_ARGS-}"
+  settings="$settings topp=${SAMPLING_TOPP-} topk=${SAMPLING_TOPK-}"
+  if complete "$out"; then
+    if [ "$(cat "$out.settings" 2>/dev/null)" = "$settings" ]; then echo "kept $out"; return; fi
+    echo "decoding $out again: decoded with other settings (or before $out.settings existed)"
+  fi
+  rm -f "$out.settings"
   # shellcheck disable=SC2068
   env "$@" WORK="$WORK" SUBSET="$split" CHECKPOINT="$CHECKPOINT" OUT_DIR="$OUT_DIR" SEED="$SEED" \
     SEED_SCOPE="$SEED_SCOPE" STAGES=decode DECODERS="$decoder" KID_NAME="$name" LOGLEVEL=DEBUG \
     bash "$DATASET_RECIPE" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} 2> "$out.log"   # the log: KID step lines
   complete "$out" || { echo "decoding $name did not finish: $out" >&2; exit 1; }
+  printf '%s\n' "$settings" > "$out.settings"
 }
 EXTRA_ARGS=("$@")
 
